@@ -1,0 +1,1 @@
+"""Sub-commands of the ``archer`` CLI (see archer.cli)."""

@@ -1,0 +1,74 @@
+# archer: train, evaluate and publish reasoning models with Archer (dual-token constraints for RLVR).
+# A fresh clone needs two commands: `make train` (the embedded default) and `make test`.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_EXTRA ?=
+
+RECIPE ?= recipes/tiny/archer.yaml
+ACCELERATE ?=
+NUM_PROCESSES ?=
+MODEL ?=
+SUITE ?= eval/suites/tiny.yaml
+REPO ?=
+REVISION ?=
+PRIVATE ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export TOKENIZERS_PARALLELISM ?= false
+
+LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
+
+.PHONY: help install train dry-run eval card push bench test test-fast quality style clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python >= 3.11 needed; set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -c constraints-cpu.txt $(PIP_EXTRA) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv with the pinned CPU dependency set
+
+train: $(STAMP) ## train RECIPE (default: the embedded tiny model); ACCELERATE=<config> for several processes
+	$(LAUNCH) train $(RECIPE) $(ARGS)
+
+dry-run: $(STAMP) ## check RECIPE and print its plan (batch arithmetic, memory per GPU)
+	$(BIN)/archer train $(RECIPE) --dry-run $(if $(NUM_PROCESSES),--num-processes $(NUM_PROCESSES)) $(ARGS)
+
+eval: $(STAMP) ## evaluate MODEL (default: the newest run in outputs/) on SUITE
+	$(BIN)/archer eval $(if $(MODEL),--model $(MODEL)) --suite $(SUITE) $(ARGS)
+
+card: $(STAMP) ## render MODEL's model card (README.md) into the run folder
+	$(BIN)/archer card $(MODEL) $(ARGS)
+
+push: $(STAMP) ## push MODEL (a run folder) to the Hub as REPO [REVISION=branch] [PRIVATE=1]
+	$(BIN)/archer push $(MODEL) --repo $(REPO) $(if $(REVISION),--revision $(REVISION)) $(if $(PRIVATE),--private) $(ARGS)
+
+bench: $(STAMP) ## measure Archer's cost as ratios against references; writes bench/results/<date>.md
+	$(BIN)/python bench/run.py $(ARGS)
+
+test: $(STAMP) ## run the whole offline test suite (end-to-end tests included)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the tests not marked slow
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+quality: $(STAMP) ## lint and format check (ruff)
+	$(BIN)/ruff check src tests bench eval
+	$(BIN)/ruff format --check src tests bench eval
+
+style: $(STAMP) ## fix lint and formatting
+	$(BIN)/ruff check --fix src tests bench eval
+	$(BIN)/ruff format src tests bench eval
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

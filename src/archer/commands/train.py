@@ -1,0 +1,56 @@
+"""``archer train RECIPE``: train from a YAML recipe (``--dry-run`` only checks it and prints the plan)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+DEFAULT_RECIPE = "recipes/tiny/archer.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"YAML recipe (default: {DEFAULT_RECIPE})")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="block.key=value", help="override recipe values, e.g. trainer.max_steps=20"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="check the recipe, print the plan, train nothing")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="ignore checkpoints in the output folder (default: resume)"
+    )
+    parser.add_argument(
+        "--num-processes", type=int, default=None, help="processes to plan for in --dry-run (default: this launch)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from archer.recipe import load_recipe
+
+    if args.dry_run and args.num_processes:
+        os.environ["WORLD_SIZE"] = str(args.num_processes)  # GRPOConfig's batch checks read the world size
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        from archer.plan import describe
+
+        print(describe(recipe, num_processes=args.num_processes))
+        return 0
+
+    from archer.training import run_training
+
+    logging.getLogger("archer").setLevel(logging.INFO)
+    summary = run_training(recipe, resume=not args.no_resume)
+    if summary:
+        print(format_summary(summary, recipe.trainer.output_dir))
+    return 0
+
+
+def format_summary(summary: dict, output_dir: str) -> str:
+    lines = [f"run folder: {output_dir}", f"optimizer steps: {summary['global_step']}"]
+    lines.append(f"wall time: {summary['train_runtime_s'] / 60:.1f} min (RL {summary['rl_runtime_s'] / 60:.1f} min)")
+    before, after = summary.get("heldout_accuracy_before"), summary.get("heldout_accuracy_after")
+    if before is not None and after is not None:
+        lines.append(
+            f"held-out accuracy: {100 * before:.1f}% after SFT -> {100 * after:.1f}% after RL "
+            f"({100 * (after - before):+.1f} points, objective {summary['objective']})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""The training pipeline behind ``archer train``: recipe -> (tiny warm start) -> Archer RL -> run folder.
+
+Runs the same under ``python -m``, ``accelerate launch`` (DDP) and DeepSpeed ZeRO-3: the main process builds
+and warm-starts the tiny model while the others wait, every process trains, the main process writes the run
+folder's summary files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archer.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+SFT_DIR = "sft"  # the warm-started tiny model: the RL starting point and the KL reference
+SFT_RESULTS = "sft_results.json"
+TRAIN_RESULTS = "train_results.json"
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint-<step> folder (one holding trainer_state.json), or None."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
+    """Train as the recipe says; returns the summary also written to ``train_results.json``."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    args = recipe.trainer
+    out = Path(args.output_dir)
+    checkpoint = last_checkpoint(out) if resume else None
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+
+    started = time.perf_counter()
+    model_path, sft_summary = _prepare_model(recipe, out, state)
+    train_dataset = _train_dataset(recipe)
+    reward_funcs = _reward_funcs(recipe)
+    trainer = _build_trainer(recipe, model_path, train_dataset, reward_funcs)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.save_model(str(out))
+    state.wait_for_everyone()
+
+    summary: dict[str, Any] = {}
+    if state.is_main_process:
+        from archer.plots import plot_run
+
+        trainer.processing_class.save_pretrained(str(out))
+        plot_run(out)
+        summary = {
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": round(time.perf_counter() - started, 1),
+            "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+            "objective": args.objective,
+            "model": recipe.model.name_or_path,
+            "dataset": recipe.data.dataset,
+            "compute": {"device": _device_name(), "processes": state.num_processes},
+            "versions": versions(),
+            **sft_summary,
+        }
+        if recipe.model.is_tiny and recipe.data.heldout_examples:
+            summary["heldout_accuracy_after"] = _heldout_accuracy(recipe, out)
+        (out / TRAIN_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+    state.wait_for_everyone()
+    return summary
+
+
+def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any]]:
+    """The path RL starts from. For the tiny model: build + SFT once (main process first), reused on resume."""
+    if not recipe.model.is_tiny:
+        return recipe.model.name_or_path, {}
+    from archer import tiny
+
+    sft_dir = out / SFT_DIR
+    with state.main_process_first():
+        if state.is_main_process and not (sft_dir / SFT_RESULTS).exists():
+            task = _task(recipe)
+            model_cfg = tiny.TinyModelConfig(**recipe.model.tiny)
+            sft_cfg = recipe.sft if recipe.sft is not None else tiny.SFTConfig()
+            model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task)
+            summary = {"sft": stats}
+            if recipe.data.heldout_examples:
+                summary["heldout_accuracy_before"] = tiny.heldout_accuracy(
+                    model, tokenizer, task, n=recipe.data.heldout_examples, seed=recipe.data.heldout_seed
+                )
+                logger.info("held-out accuracy after SFT: %.1f%%", 100 * summary["heldout_accuracy_before"])
+            (sft_dir / SFT_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+    return str(sft_dir), json.loads((sft_dir / SFT_RESULTS).read_text())
+
+
+def _task(recipe: Recipe):
+    from archer.data.arithmetic import ArithmeticTask
+
+    return ArithmeticTask(**recipe.data.task)
+
+
+def _train_dataset(recipe: Recipe):
+    data = recipe.data
+    if data.is_builtin:
+        n = data.num_examples or 20_000
+        return _task(recipe).dataset(n, seed=data.seed)
+    from archer.data.hub import load_training_dataset
+
+    return load_training_dataset(data)
+
+
+def _reward_funcs(recipe: Recipe) -> list:
+    from archer.rewards import get_reward_func
+
+    funcs = []
+    for name in recipe.data.rewards:
+        func = get_reward_func(name)
+        if name == "code" and recipe.data.max_tests:
+            func = functools.update_wrapper(functools.partial(func, max_tests=recipe.data.max_tests), func)
+        funcs.append(func)
+    return funcs
+
+
+def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs):
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from archer.callbacks import ConciseProgressCallback, MetricsFileCallback
+    from archer.trainer import ArcherTrainer
+
+    args = recipe.trainer
+    model = recipe.model
+    init_kwargs = dict(args.model_init_kwargs or {})
+    if model.dtype != "auto" or "dtype" not in init_kwargs:
+        init_kwargs["dtype"] = "float32" if model.dtype == "auto" and model.is_tiny else model.dtype
+    if model.attn_implementation:
+        init_kwargs["attn_implementation"] = model.attn_implementation
+    if model.revision:
+        init_kwargs["revision"] = model.revision
+    args.model_init_kwargs = init_kwargs
+    args.trust_remote_code = model.trust_remote_code
+    if recipe.data.reward_weights is not None:
+        args.reward_weights = recipe.data.reward_weights
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model.revision)
+    if model.chat_template:
+        tokenizer.chat_template = model.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    callbacks = [MetricsFileCallback(args.output_dir)]
+    if args.push_checkpoints:
+        from archer.hub import CheckpointPusher
+
+        callbacks.append(CheckpointPusher.from_args(args))
+    trainer = ArcherTrainer(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    for default in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(default)
+    if not args.disable_tqdm:
+        trainer.add_callback(ConciseProgressCallback())
+    return trainer
+
+
+def _heldout_accuracy(recipe: Recipe, out: Path) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from archer import tiny
+
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    acc = tiny.heldout_accuracy(
+        model, tokenizer, _task(recipe), n=recipe.data.heldout_examples, seed=recipe.data.heldout_seed
+    )
+    logger.info("held-out accuracy after RL: %.1f%%", 100 * acc)
+    return acc
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import torch
+    import transformers
+    import trl
+
+    import archer
+
+    return {
+        "archer": archer.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }

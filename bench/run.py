@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{table}\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{today}{'-quick' if args.quick else ''}.md").write_text(report)
-    print(f"\nwritten: {args.out / f'{today}.md'}")
+    path = args.out / f"{today}{'-quick' if args.quick else ''}.md"
+    path.write_text(report)
+    print(f"\nwritten: {path}")
     return 0
 
 

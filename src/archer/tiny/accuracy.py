@@ -1,0 +1,125 @@
+"""Held-out accuracy of a model on the arithmetic task: batched greedy decoding, graded by the math reward."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from archer.data.arithmetic import THINK_CLOSE, THINK_OPEN, ArithmeticTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HeldoutResult:
+    """Greedy completions on the held-out problems and how they score."""
+
+    accuracy: float
+    worked_frac: float  # completions with non-empty working between <think> and </think>
+    completions: list[str]
+    solutions: list[str]
+    rewards: list[float]
+
+
+def score(completions: list[str], solutions: list[str]) -> list[float]:
+    """Grade with ``archer.rewards.math_reward`` (the training reward); an ungradable completion scores 0."""
+    try:
+        from archer.rewards import math_reward  # lazy: keeps importing archer.tiny light
+    except ImportError:  # TEMPORARY until archer.rewards lands: exact integer match of the last \\boxed{}
+        return [float(_last_boxed_int(c) == int(s)) for c, s in zip(completions, solutions)]
+    return [float(r or 0.0) for r in math_reward(completions, solution=solutions)]
+
+
+def _last_boxed_int(completion: str) -> int | None:
+    _, closed, tail = completion.rpartition(THINK_CLOSE)
+    _, boxed, rest = tail.rpartition("\\boxed{")
+    body, brace, _ = rest.partition("}")
+    if not (closed and boxed and brace):
+        return None
+    try:
+        return int(body)
+    except ValueError:
+        return None
+
+
+def shows_working(completion: str) -> bool:
+    """True when the completion has text between ``<think>`` and ``</think>``."""
+    head, sep, rest = completion.partition(THINK_OPEN)
+    body, closed, _ = rest.partition(THINK_CLOSE)
+    return bool(sep and closed and body.strip())
+
+
+@torch.inference_mode()
+def generate_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    batch_size: int = 250,
+    max_new_tokens: int = 40,
+) -> list[str]:
+    """Greedy completions of plain-text ``prompts`` (left padding, as TRL generates), special tokens skipped."""
+    was_training = model.training
+    model.eval()
+    completions: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="held-out generation", unit="batch", leave=False):
+            enc = tokenizer(
+                prompts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            ).to(model.device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return completions
+
+
+def evaluate_heldout(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: ArithmeticTask,
+    n: int = 500,
+    seed: int | None = None,
+    batch_size: int = 250,
+    max_new_tokens: int = 40,
+) -> HeldoutResult:
+    """Greedy accuracy on ``task.heldout(n, seed)`` (default seed: the task's reserved, never-trained-on set)."""
+    problems = task.heldout(n, seed)
+    if seed not in (None, task.heldout_seed) or n > task.heldout_size:
+        logger.warning("held-out set (n=%d, seed=%s) is not the task's reserved set: it may overlap training", n, seed)
+    prompts, solutions = [p.prompt for p in problems], [p.solution for p in problems]
+    completions = generate_completions(model, tokenizer, prompts, batch_size, max_new_tokens)
+    rewards = score(completions, solutions)
+    return HeldoutResult(
+        accuracy=sum(rewards) / len(rewards),
+        worked_frac=sum(map(shows_working, completions)) / len(completions),
+        completions=completions,
+        solutions=solutions,
+        rewards=rewards,
+    )
+
+
+def heldout_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: ArithmeticTask,
+    n: int = 500,
+    seed: int | None = None,
+    batch_size: int = 250,
+    max_new_tokens: int = 40,
+) -> float:
+    """Fraction of ``n`` held-out problems that greedy decoding answers correctly."""
+    return evaluate_heldout(model, tokenizer, task, n, seed, batch_size, max_new_tokens).accuracy

@@ -107,7 +107,7 @@ class ArithmeticTask:
         terms = [rng.randint(0, self.max_operand) for _ in range(n_terms)]
         ops = [rng.choice(self.ops) for _ in range(n_terms - 1)]
         answer, steps = _evaluate(terms, ops)
-        expression = "".join(f"{t}{o}" for t, o in zip(terms, ops)) + str(terms[-1])
+        expression = "".join(f"{t}{o}" for t, o in zip(terms[:-1], ops, strict=True)) + str(terms[-1])
         worked = f"{THINK_OPEN}{' '.join(steps)}{THINK_CLOSE} {BOXED_OPEN}{answer}}}"
         return ArithmeticProblem(prompt=f"Compute {expression}.", answer=answer, worked=worked)
 

@@ -30,7 +30,7 @@ def score(completions: list[str], solutions: list[str]) -> list[float]:
     try:
         from archer.rewards import math_reward  # lazy: keeps importing archer.tiny light
     except ImportError:  # TEMPORARY until archer.rewards lands: exact integer match of the last \\boxed{}
-        return [float(_last_boxed_int(c) == int(s)) for c, s in zip(completions, solutions)]
+        return [float(_last_boxed_int(c) == int(s)) for c, s in zip(completions, solutions, strict=True)]
     return [float(r or 0.0) for r in math_reward(completions, solution=solutions)]
 
 

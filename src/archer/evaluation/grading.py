@@ -1,0 +1,80 @@
+"""Score completions with the project's own rewards, so that training and evaluation grade alike.
+
+A problem's grading spec is the ``specific`` dict of its lighteval ``Doc``:
+``{"grader": "math", "gold": <reference solution or answer>}`` or
+``{"grader": "code", "tests": [{"input", "output", "testtype"}, ...], "fn_name": <str or None>}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GRADERS = ("math", "code")
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """The grade of one completion and what the grader read from it (boxed answer or code block)."""
+
+    score: float
+    extracted: str | None
+
+
+@dataclass(frozen=True)
+class GradingOptions:
+    """Limits for the code sandbox; ``None`` keeps the defaults of ``archer.rewards.grade_code``."""
+
+    code_timeout_s: float | None = field(default=None, metadata={"help": "wall-clock limit per test run"})
+    code_memory_mb: int | None = field(default=None, metadata={"help": "address-space limit of the program"})
+    workers: int = field(default=2, metadata={"help": "sandboxed programs run at once"})
+
+
+def grade(
+    spec: Mapping[str, Any], completions: Sequence[str], options: GradingOptions | None = None
+) -> list[SampleScore]:
+    """Grade every completion of one problem; returns one ``SampleScore`` per completion, in order."""
+    kind = spec.get("grader")
+    if kind == "math":
+        return _grade_math(str(spec["gold"]), completions)
+    if kind == "code":
+        return _grade_code(spec["tests"], spec.get("fn_name"), completions, options or GradingOptions())
+    raise ValueError(f"unknown grader {kind!r}; valid: {', '.join(GRADERS)}")
+
+
+def _grade_math(gold: str, completions: Sequence[str]) -> list[SampleScore]:
+    # math_reward is the training reward (TRL signature); math-verify needs the main thread, so no pool here.
+    from archer.rewards import extract_boxed_answer, math_reward
+
+    rewards = math_reward(list(completions), [gold] * len(completions))
+    return [
+        SampleScore(float(r or 0.0), extract_boxed_answer(text)) for r, text in zip(rewards, completions, strict=True)
+    ]
+
+
+def _grade_code(
+    tests: Sequence[Mapping[str, Any]], fn_name: str | None, completions: Sequence[str], options: GradingOptions
+) -> list[SampleScore]:
+    from archer.rewards import extract_code, grade_code
+
+    limits = {
+        key: value
+        for key, value in (("timeout_s", options.code_timeout_s), ("memory_mb", options.code_memory_mb))
+        if value is not None
+    }
+    codes = [extract_code(text) for text in completions]
+
+    def run_one(code: str | None) -> SampleScore:
+        if not code:
+            return SampleScore(0.0, code)
+        result = grade_code(code, list(tests), fn_name=fn_name, **limits)
+        return SampleScore(1.0 if result.passed else 0.0, code)
+
+    # Each grade is a sandboxed subprocess: threads only wait on it.
+    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        return list(pool.map(run_one, codes))

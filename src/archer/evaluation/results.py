@@ -1,0 +1,91 @@
+"""Results of one ``archer eval`` run: ``results.json``, ``results.md`` and ``details/<task>.jsonl``.
+
+``results.json`` (schema_version 1)::
+
+    {"schema_version": 1,
+     "model": {"name_or_path": str, "local": bool},
+     "suite": {"name": str, "path": str, "description": str},
+     "protocol": {"backend": "transformers" | "vllm", "seed": int, "dtype": str, ...parallel options},
+     "tasks": {<task>: {"task": "archer:<task>", "k", "temperature", "top_p", "max_new_tokens", "prompt_style",
+                        "num_problems", "num_samples", "metrics": {"avg@k": %, "pass@k": %, "pass@j": %...},
+                        "generation_s", "details": "details/<task>.jsonl"}},
+     "versions": {package: version},
+     "started_at": ISO-8601 UTC, "wall_time_s": float}
+
+Each details line is one problem: ``problem_id``, ``prompt`` (as the model saw it), ``gold``, ``completions``,
+``extracted`` (boxed answer or code block per completion), ``scores`` and the problem's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+VERSIONED = ("archer-rlvr", "lighteval", "transformers", "torch", "trl", "datasets", "math-verify", "vllm")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def fresh_dir(parent: Path, stem: str) -> Path:
+    """``parent/stem``, or ``stem-2``, ``stem-3``... when taken: a run never writes into another run's folder."""
+    candidate, n = parent / stem, 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        n += 1
+        candidate = parent / f"{stem}-{n}"
+    return candidate
+
+
+def timestamp(now: datetime) -> str:
+    return now.strftime("%Y%m%d-%H%M%S")
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    lines = [
+        f"Model: `{results['model']['name_or_path']}` | suite: `{results['suite']['name']}` | "
+        f"backend: {results['protocol']['backend']}",
+        "",
+        "| task | k | problems | avg@k | pass@k | T | top_p | max new tokens | other |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, task in results["tasks"].items():
+        k, m = task["k"], task["metrics"]
+        other = ", ".join(f"{key} {value:.1f}" for key, value in m.items() if key not in (f"avg@{k}", f"pass@{k}"))
+        lines.append(
+            f"| {name} | {k} | {task['num_problems']} | {m[f'avg@{k}']:.1f} | {m[f'pass@{k}']:.1f} | "
+            f"{task['temperature']} | {task['top_p']} | {task['max_new_tokens']} | {other or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_run(out_dir: Path, results: Mapping[str, Any], details: Mapping[str, Iterable[Mapping[str, Any]]]) -> Path:
+    """Write everything into ``<out_dir>.partial`` and rename it at the end: no half-written run folder."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    try:
+        (partial / "details").mkdir(parents=True)
+        for task, rows in details.items():
+            with open(partial / "details" / f"{task}.jsonl", "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (partial / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (partial / "results.md").write_text(markdown_table(results))
+        os.rename(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out_dir

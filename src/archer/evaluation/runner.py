@@ -1,0 +1,259 @@
+"""``archer eval``: load a suite's tasks, generate k samples per problem, grade, and write one fresh run folder.
+
+Only the suite's own lighteval task module is imported (never lighteval's 600+ built-in tasks, one of which
+downloads at import), and generation bypasses lighteval's sample cache, so every run decodes its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from archer.errors import UserError
+from archer.evaluation.backends import Backend, BackendOptions, Sampling, select_backend
+from archer.evaluation.data import load_rows
+from archer.evaluation.grading import GradingOptions, grade
+from archer.evaluation.metrics import aggregate
+from archer.evaluation.results import SCHEMA_VERSION, fresh_dir, timestamp, versions, write_run
+from archer.evaluation.suite import Suite, TaskSpec, load_suite
+
+logger = logging.getLogger(__name__)
+
+RUNS_ROOT = Path("outputs")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name_or_path: str
+    local: bool
+
+    @property
+    def short_name(self) -> str:
+        return Path(self.name_or_path.rstrip("/")).name
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    model: str | None = field(default=None, metadata={"help": "run folder, model folder or Hub id; None: newest run"})
+    suite: str = field(default="eval/suites/tiny.yaml", metadata={"help": "suite YAML"})
+    backend: str = field(default="auto", metadata={"help": "auto, transformers or vllm"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the run folder goes (default: see docs)"})
+    limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})
+    data: dict[str, str] = field(default_factory=dict, metadata={"help": "task -> local data path"})
+    backend_options: BackendOptions = field(default_factory=BackendOptions)
+    grade_workers: int = field(default=2, metadata={"help": "sandboxed programs graded at once"})
+    runs_root: Path = field(default=RUNS_ROOT, metadata={"help": "where run folders (and outputs/eval) live"})
+
+
+def newest_run(root: Path) -> Path:
+    """The most recently trained run folder under ``root`` (one holding a ``config.json``)."""
+    runs = [p for p in root.glob("*/config.json") if p.parent.name != "eval"] if root.is_dir() else []
+    if not runs:
+        raise UserError(f"no trained model under {root}/; run `make train` first or pass --model DIR_OR_HUB_ID")
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def resolve_model(model: str | None, runs_root: Path = RUNS_ROOT) -> ModelRef:
+    """A local folder (must exist and hold a model) or a Hub id ``org/name``.
+
+    A path whose parent folder exists locally (``outputs/typo``) or that starts with ``.``, ``/`` or ``~`` is
+    taken as local, so a mistyped run folder is reported instead of being looked up on the Hub.
+    """
+    if model is None:
+        path = newest_run(runs_root)
+        logger.info("no --model given: evaluating the newest run, %s", path)
+        return ModelRef(str(path), True)
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or path.parent.is_dir() and str(path.parent) != "."
+    if path.exists() or looks_local or model.count("/") != 1:
+        if not path.is_dir():
+            raise UserError(f"--model {model}: no such model folder")
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model {model}: folder has no config.json (not a saved model)")
+        return ModelRef(str(path), True)
+    return ModelRef(model, False)
+
+
+def load_task_module(path: Path) -> ModuleType:
+    """Import a lighteval task module (``TASKS_TABLE``) from its file, and nothing else of lighteval's tasks."""
+    if not path.is_file():
+        raise UserError(f"task module {path} does not exist")
+    name = f"archer_eval_tasks_{abs(hash(str(path)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "TASKS_TABLE"):
+        raise UserError(f"task module {path} has no TASKS_TABLE")
+    sys.modules[name] = module
+    return module
+
+
+def encode_prompts(tokenizer: Any, queries: Sequence[str], style: str) -> tuple[list[str], list[list[int]]]:
+    """``chat``: the model's chat template with a generation prompt; ``raw``: the text as is (as TRL feeds it)."""
+    if style == "raw":
+        return list(queries), tokenizer(list(queries))["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("prompt_style 'chat': the model's tokenizer has no chat template; use prompt_style: raw")
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in queries
+    ]
+    return texts, tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def score_task(
+    spec: TaskSpec,
+    docs: Sequence[Any],
+    prompts: Sequence[str],
+    completions: Sequence[Sequence[str]],
+    grading: GradingOptions,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Grade k completions per doc; returns the task metrics (percent) and one details row per problem."""
+    from tqdm.auto import tqdm
+
+    scores, details = [], []
+    for doc, prompt, texts in tqdm(
+        list(zip(docs, prompts, completions, strict=True)), desc=f"grading {spec.short_name}", unit="problem"
+    ):
+        graded = grade(doc.specific, texts, grading)
+        problem_scores = [g.score for g in graded]
+        scores.append(problem_scores)
+        gold = doc.specific.get("gold", f"{len(doc.specific.get('tests', []))} tests")
+        details.append(
+            {
+                "problem_id": doc.specific.get("problem_id"),
+                "prompt": prompt,
+                "gold": gold,
+                "completions": list(texts),
+                "extracted": [g.extracted for g in graded],
+                "scores": problem_scores,
+                **aggregate([problem_scores], spec.pass_k),
+            }
+        )
+    return aggregate(scores, spec.pass_k), details
+
+
+def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[tuple[TaskSpec, Any, list[Any]]]:
+    """Task configs and docs for every task of the suite; fails before anything is loaded or written."""
+    module = load_task_module(suite.module)
+    configs = {config.name: config for config in module.TASKS_TABLE}
+    generators = getattr(module, "LOCAL_DATASETS", {})
+    unknown = [t for t in request.data if f"archer:{t.removeprefix('archer:')}" not in configs]
+    if unknown:
+        raise UserError(
+            f"--data {unknown[0]}: unknown task; valid: {', '.join(c.removeprefix('archer:') for c in configs)}"
+        )
+    data = {f"archer:{t.removeprefix('archer:')}": path for t, path in request.data.items()}
+    prepared = []
+    for spec in suite.tasks:
+        if spec.task not in configs:
+            raise UserError(f"{suite.path}: task {spec.short_name!r} is not in {suite.module}")
+        limit = request.limit or spec.limit
+        spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
+        config = configs[spec.task]
+        rows = load_rows(config, spec.data, generators, model.name_or_path if model.local else None)[: spec.limit]
+        docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
+        prepared.append((spec, config, docs))
+    if any(doc.specific["grader"] == "code" for _, _, docs in prepared for doc in docs) and not shutil.which("bwrap"):
+        raise UserError("LiveCodeBench tasks grade code in a bubblewrap sandbox: install `bubblewrap` (bwrap)")
+    return prepared
+
+
+def _load_backend(name: str, model: ModelRef, options: BackendOptions, out_dir: Path) -> Backend:
+    if name == "vllm":
+        from archer.evaluation.backends import VLLMBackend
+
+        return VLLMBackend(model.name_or_path, options, cache_dir=str(out_dir.with_name(out_dir.name + ".cache")))
+    from archer.evaluation.backends import TransformersBackend
+
+    return TransformersBackend(model.name_or_path, options)
+
+
+def output_dir_for(model: ModelRef, suite: Suite, request: EvalRequest, now: datetime) -> Path:
+    stamp = timestamp(now)
+    if request.output_dir is not None:
+        return fresh_dir(Path(request.output_dir), f"{suite.name}-{stamp}")
+    if model.local:
+        return fresh_dir(Path(model.name_or_path) / "eval", stamp)
+    return fresh_dir(request.runs_root / "eval", f"{model.short_name}-{suite.name}-{stamp}")
+
+
+def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
+    """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    model = resolve_model(request.model, request.runs_root)
+    suite = load_suite(request.suite)
+    prepared = _prepare(suite, request, model)
+    backend_name = select_backend(request.backend)
+    options = replace(request.backend_options, seed=suite.seed)
+    out_dir = output_dir_for(model, suite, request, started)
+    logger.info("backend: %s", backend_name)
+    print(f"archer eval: backend {backend_name}, model {model.name_or_path}, suite {suite.name}", file=sys.stderr)
+    backend = _load_backend(backend_name, model, options, out_dir)
+
+    grading = GradingOptions(workers=request.grade_workers)
+    tasks, details = {}, {}
+    for spec, _, docs in prepared:
+        prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
+        t_gen = time.perf_counter()
+        sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
+        completions = backend.generate(ids, sampling, desc=spec.short_name)
+        generation_s = time.perf_counter() - t_gen
+        task_grading = replace(grading, code_timeout_s=spec.code_timeout_s, code_memory_mb=spec.code_memory_mb)
+        metrics, details[spec.short_name] = _score(spec, docs, prompts, completions, task_grading)
+        tasks[spec.short_name] = {
+            "task": spec.task,
+            **spec.protocol(),
+            "num_problems": len(docs),
+            "num_samples": len(docs) * spec.k,
+            "metrics": metrics,
+            "generation_s": round(generation_s, 3),
+            "details": f"details/{spec.short_name}.jsonl",
+        }
+        logger.info("%s: %s", spec.short_name, ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name_or_path": model.name_or_path, "local": model.local},
+        "suite": {"name": suite.name, "path": str(suite.path), "description": suite.description},
+        "protocol": {
+            "backend": backend_name,
+            "seed": suite.seed,
+            "dtype": options.dtype,
+            **(
+                {
+                    "tensor_parallel_size": options.tensor_parallel_size,
+                    "data_parallel_size": options.data_parallel_size,
+                }
+                if backend_name == "vllm"
+                else {"batch_size": options.batch_size}
+            ),
+        },
+        "tasks": tasks,
+        "versions": versions(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    write_run(out_dir, results, details)
+    shutil.rmtree(out_dir.with_name(out_dir.name + ".cache"), ignore_errors=True)
+    return out_dir, results
+
+
+def _score(spec, docs, prompts, completions, grading):
+    try:
+        return score_task(spec, docs, prompts, completions, grading)
+    except Exception as err:
+        if type(err).__name__ == "SandboxUnavailable":
+            raise UserError(f"task {spec.short_name}: {err}") from None
+        raise

@@ -1,0 +1,163 @@
+"""Evaluation suites: which tasks, how many samples per problem, and the sampling protocol (YAML)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archer.errors import UserError
+
+TASK_PREFIX = "archer:"
+PROMPT_STYLES = ("chat", "raw")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# key -> (check, what is valid, default); shared by the suite's ``defaults`` block and each task entry.
+PROTOCOL_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "k": (_positive_int, "a positive integer", 1),
+    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0", 0.8),
+    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]", 1.0),
+    "max_new_tokens": (_positive_int, "a positive integer", 32768),
+    "prompt_style": (lambda v: v in PROMPT_STYLES, f"one of {', '.join(PROMPT_STYLES)}", "chat"),
+    "pass_k": (
+        lambda v: isinstance(v, list) and all(_positive_int(x) for x in v),
+        "a list of positive integers",
+        [],
+    ),
+    "limit": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
+    "data": (lambda v: v is None or isinstance(v, str), "a path (string) or null", None),
+    "code_timeout_s": (lambda v: v is None or (_number(v) and v > 0), "a number > 0 or null", None),
+    "code_memory_mb": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
+}
+SUITE_KEYS = {"name", "description", "module", "seed", "defaults", "tasks"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite with its resolved protocol."""
+
+    task: str = field(metadata={"help": "lighteval task name, e.g. 'archer:aime24'"})
+    k: int = field(metadata={"help": "samples per problem (avg@k, pass@k)"})
+    temperature: float = field(metadata={"help": "sampling temperature (0: greedy, needs k = 1)"})
+    top_p: float = field(metadata={"help": "nucleus sampling mass"})
+    max_new_tokens: int = field(metadata={"help": "generation budget per sample"})
+    prompt_style: str = field(metadata={"help": "'chat': the model's chat template; 'raw': the prompt as is"})
+    pass_k: tuple[int, ...] = field(default=(), metadata={"help": "extra j < k for which pass@j is reported"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N problems"})
+    data: str | None = field(default=None, metadata={"help": "local data file or dataset folder"})
+    code_timeout_s: float | None = field(default=None, metadata={"help": "sandbox time limit per test"})
+    code_memory_mb: int | None = field(default=None, metadata={"help": "sandbox memory limit"})
+
+    @property
+    def short_name(self) -> str:
+        return self.task.removeprefix(TASK_PREFIX)
+
+    def protocol(self) -> dict[str, Any]:
+        """The sampling protocol, as written to results.json."""
+        keys = ("k", "temperature", "top_p", "max_new_tokens", "prompt_style")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    module: Path = field(metadata={"help": "the lighteval task module the tasks come from"})
+    seed: int
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+
+
+def _check(where: str, key: str, value: Any) -> Any:
+    check, valid, _ = PROTOCOL_KEYS[key]
+    if not check(value):
+        raise UserError(f"{where}.{key}: expected {valid}, got {value!r}")
+    return value
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> Suite:
+    """Parse and validate a suite YAML; every mistake is a one-line ``UserError`` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"suite file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = _mapping(str(path), raw)
+    if unknown := sorted(set(raw) - SUITE_KEYS):
+        raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
+
+    defaults = {key: spec[2] for key, spec in PROTOCOL_KEYS.items()}
+    given = _mapping(f"{path}: defaults", raw.get("defaults") or {})
+    for key, value in given.items():
+        if key not in PROTOCOL_KEYS:
+            raise UserError(f"{path}: defaults.{key}: unknown key; valid: {', '.join(PROTOCOL_KEYS)}")
+        defaults[key] = _check(f"{path}: defaults", key, value)
+
+    entries = raw.get("tasks")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: tasks: expected a non-empty list of {{task: NAME, k: N, ...}}, got {entries!r}")
+    tasks = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: tasks[{i}]"
+        entry = _mapping(where, {"task": entry} if isinstance(entry, str) else entry)
+        name = entry.get("task")
+        if not isinstance(name, str):
+            raise UserError(f"{where}.task: expected a task name, got {name!r}")
+        full = name if name.startswith(TASK_PREFIX) else TASK_PREFIX + name
+        if known_tasks is not None and full not in known_tasks:
+            valid = ", ".join(sorted(t.removeprefix(TASK_PREFIX) for t in known_tasks))
+            raise UserError(f"{where}.task: unknown task {name!r}; valid: {valid}")
+        values = dict(defaults)
+        for key, value in entry.items():
+            if key == "task":
+                continue
+            if key not in PROTOCOL_KEYS:
+                raise UserError(f"{where}.{key}: unknown key; valid: task, {', '.join(PROTOCOL_KEYS)}")
+            values[key] = _check(where, key, value)
+        if values["temperature"] == 0 and values["k"] > 1:
+            raise UserError(f"{where}: k={values['k']} needs sampling (temperature > 0); greedy decoding needs k=1")
+        if too_big := [j for j in values["pass_k"] if j > values["k"]]:
+            raise UserError(f"{where}.pass_k: {too_big[0]} exceeds k={values['k']}")
+        if values["data"] is not None:
+            values["data"] = str((path.parent / values["data"]).resolve())
+        values["pass_k"] = tuple(values["pass_k"])
+        tasks.append(TaskSpec(task=full, **values))
+
+    if len({t.task for t in tasks}) != len(tasks):
+        raise UserError(f"{path}: tasks: a task is listed twice")
+    seed = raw.get("seed", 1234)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"{path}: seed: expected a non-negative integer, got {seed!r}")
+    module = raw.get("module", "../archer_tasks.py")
+    if not isinstance(module, str):
+        raise UserError(f"{path}: module: expected a path to a lighteval task module, got {module!r}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str):
+        raise UserError(f"{path}: name: expected a string, got {name!r}")
+    return Suite(
+        name=name,
+        path=path,
+        module=(path.parent / module).resolve(),
+        seed=seed,
+        tasks=tuple(tasks),
+        description=str(raw.get("description", "")),
+    )

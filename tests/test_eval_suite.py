@@ -1,0 +1,87 @@
+"""Suite YAML parsing: the shipped suites, and one clear UserError per kind of mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from archer.errors import UserError
+from archer.evaluation.suite import load_suite
+
+SUITES = Path(__file__).resolve().parents[1] / "eval" / "suites"
+KNOWN = {f"archer:{n}" for n in ("aime24", "aime25", "math_500", "lcb_v5", "lcb_v6", "arithmetic")}
+
+
+def test_paper_suite_is_the_paper_protocol():
+    suite = load_suite(SUITES / "paper.yaml", KNOWN)
+    by_task = {t.short_name: t for t in suite.tasks}
+    assert {name: t.k for name, t in by_task.items()} == {
+        "aime24": 64,
+        "aime25": 64,
+        "math_500": 4,
+        "lcb_v5": 8,
+        "lcb_v6": 16,
+    }
+    for task in suite.tasks:
+        assert (task.temperature, task.top_p, task.max_new_tokens, task.prompt_style) == (0.8, 1.0, 32768, "chat")
+    assert suite.module == (SUITES.parent / "archer_tasks.py").resolve()
+
+
+@pytest.mark.parametrize("name", ["quick", "tiny"])
+def test_shipped_suites_parse(name):
+    suite = load_suite(SUITES / f"{name}.yaml", KNOWN)
+    assert suite.name == name and suite.tasks
+
+
+def test_tiny_suite_is_raw_and_short():
+    (task,) = load_suite(SUITES / "tiny.yaml", KNOWN).tasks
+    assert task.task == "archer:arithmetic" and task.prompt_style == "raw" and task.max_new_tokens <= 64
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_task_values_override_defaults_and_data_is_relative_to_suite(tmp_path):
+    path = _write(
+        tmp_path,
+        "defaults: {temperature: 0.6, k: 2}\ntasks:\n  - aime24\n  - {task: math_500, k: 4, data: d/m.jsonl}\n",
+    )
+    a, m = load_suite(path, KNOWN).tasks
+    assert (a.k, a.temperature, m.k, m.temperature) == (2, 0.6, 4, 0.6)
+    assert m.data == str((tmp_path / "d" / "m.jsonl").resolve())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tasks: [{task: aime26}]", "unknown task 'aime26'"),
+        ("tasks: [{task: aime24, k: four}]", "tasks[0].k: expected a positive integer, got 'four'"),
+        ("tasks: [{task: aime24, k: true}]", "tasks[0].k: expected a positive integer"),
+        ("tasks: [{task: aime24, temperature: hot}]", "tasks[0].temperature: expected a number >= 0"),
+        ("defaults: {top_p: 2}\ntasks: [aime24]", "defaults.top_p: expected a number in (0, 1]"),
+        ("defaults: {prompt_style: fancy}\ntasks: [aime24]", "defaults.prompt_style: expected one of chat, raw"),
+        ("tasks: [{task: aime24, samples: 3}]", "tasks[0].samples: unknown key"),
+        ("taks: [aime24]", "unknown key 'taks'"),
+        ("tasks: []", "tasks: expected a non-empty list"),
+        ("tasks: [{task: aime24, k: 4, temperature: 0}]", "greedy decoding needs k=1"),
+        ("tasks: [{task: aime24, k: 4, pass_k: [8]}]", "pass_k: 8 exceeds k=4"),
+        ("tasks: [aime24, aime24]", "listed twice"),
+        ("seed: -1\ntasks: [aime24]", "seed: expected a non-negative integer"),
+        ("tasks: [aime24", "not valid YAML"),
+        ("- aime24", "expected a mapping"),
+    ],
+)
+def test_bad_suites_name_file_and_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError, match=None) as err:
+        load_suite(path, KNOWN)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_suite_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_suite(tmp_path / "nope.yaml", KNOWN)

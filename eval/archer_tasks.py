@@ -42,7 +42,7 @@ def math_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
         query=f"{line['problem'].strip()}\n{MATH_INSTRUCTION}",
         choices=[answer],
         gold_index=0,
-        specific={"grader": "math", "gold": f"\\boxed{{{answer}}}", "problem_id": str(problem_id)},
+        specific={"grader": "math", "gold": answer, "problem_id": str(problem_id)},
     )
 
 

@@ -51,7 +51,7 @@ def _grade_math(gold: str, completions: Sequence[str]) -> list[SampleScore]:
     # math_reward is the training reward (TRL signature); math-verify needs the main thread, so no pool here.
     from archer.rewards import extract_boxed_answer, math_reward
 
-    rewards = math_reward(list(completions), [gold] * len(completions))
+    rewards = math_reward(list(completions), solution=[gold] * len(completions))
     return [
         SampleScore(float(r or 0.0), extract_boxed_answer(text)) for r, text in zip(rewards, completions, strict=True)
     ]

@@ -1,0 +1,29 @@
+"""Verifiable rewards with TRL's reward-function signature: ``f(completions, **dataset_columns) -> list[float]``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from archer.errors import UserError
+from archer.rewards.extract import completion_text, extract_boxed_answer, extract_code
+from archer.rewards.math import math_reward, verify_math
+
+REWARD_FUNCS: dict[str, Callable[..., list]] = {"math": math_reward}
+
+
+def get_reward_func(name: str) -> Callable[..., list]:
+    """The reward function registered as ``name``."""
+    if name not in REWARD_FUNCS:
+        raise UserError(f"unknown reward {name!r}: valid rewards are {', '.join(sorted(REWARD_FUNCS))}")
+    return REWARD_FUNCS[name]
+
+
+__all__ = [
+    "REWARD_FUNCS",
+    "completion_text",
+    "extract_boxed_answer",
+    "extract_code",
+    "get_reward_func",
+    "math_reward",
+    "verify_math",
+]

@@ -1,0 +1,92 @@
+"""Pull the graded part out of a completion: the final ``\\boxed{...}`` or the final ```python block.
+
+Both rewards grade only what follows the reasoning: when a completion has a think block, the answer is read after
+its closing ``</think>``; a think block that never closes (truncated generation) has no answer at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_CODE_RE = re.compile(r"```(?:python3?|py)[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion as TRL passes it: a string, or a list of chat messages (the last one counts)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return _content_text(completion.get("content"))
+    if isinstance(completion, (list, tuple)):
+        return _content_text(completion[-1].get("content")) if completion else ""
+    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    # Multimodal-style content: a list of {"type": "text", "text": ...} parts.
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def answer_region(text: str) -> str | None:
+    """The part of ``text`` that may hold the answer, or None when a think block is still open at the end.
+
+    Text after the last ``</think>`` counts; with no think tags the whole text counts. Some chat templates open
+    the think block in the prompt, so a lone ``</think>`` still marks the end of the reasoning.
+    """
+    head, sep, tail = text.rpartition(THINK_CLOSE)
+    if sep:
+        return None if THINK_OPEN in tail else tail
+    return None if THINK_OPEN in text else text
+
+
+def extract_boxed_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) after the reasoning, braces balanced.
+
+    Escaped braces (``\\{``, ``\\}``) are literal set braces and do not open or close a group. Returns None when
+    there is no answer region, no box, an empty box, or the last box never closes (a truncated answer is not
+    replaced by an earlier one).
+    """
+    region = answer_region(text)
+    if region is None:
+        return None
+    matches = list(_BOX_RE.finditer(region))
+    if not matches:
+        return None
+    start = matches[-1].end()
+    depth = 1
+    i = start
+    while i < len(region):
+        char = region[i]
+        if char == "\\":
+            i += 2  # skip the escaped character (\{, \}, \\ ...)
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                answer = region[start:i].strip()
+                return answer or None
+        i += 1
+    return None
+
+
+def extract_code(text: str) -> str | None:
+    """The body of the last complete ```python (or ```py) block after the reasoning, or None."""
+    region = answer_region(text)
+    if region is None:
+        return None
+    blocks = _CODE_RE.findall(region)
+    if not blocks:
+        return None
+    code = blocks[-1]
+    return code if code.strip() else None

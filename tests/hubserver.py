@@ -18,8 +18,8 @@ and size of every uploaded LFS object; that each ``lfsFile`` of a commit names a
 paths are relative and normalised; ``parentCommit`` against the branch head (412).
 What it does not: namespaces and permissions beyond one token, the model-index schema beyond being a list, Xet
 storage, multipart LFS uploads, pull requests, tags, pagination, gitattributes-driven LFS rules, quotas, or any
-file-content validation (safetensors, configs). Commits are kept in memory only; ``commit_count`` and ``requests``
-let tests check what happened on the wire.
+file-content validation (safetensors, configs). Commits are kept in memory only; ``commit_count``, ``files`` and
+``requests`` let tests check what happened on the wire, and ``gate`` holds requests back (to test non-blocking code).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class HubServer:
         self.commits: dict[str, Commit] = {}
         self.lfs_store: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.gate = threading.Event()  # clear it to hold every request until it is set again
+        self.gate.set()
         self.lock = threading.RLock()
         self._counter = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -164,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         hub = self.server_state
         body = self._read_body()
+        hub.gate.wait(timeout=60)
         with hub.lock:
             hub.requests.append((method, url.path))
             try:

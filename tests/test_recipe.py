@@ -50,7 +50,7 @@ def test_values_reach_the_configs(tmp_path):
     assert recipe.trainer.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as a string: coerced
     assert recipe.trainer.max_steps == 7
     objective = recipe.trainer.objective_config()
-    assert objective.reasoning_clip == 0.5 and objective.knowledge_kl == 0.001
+    assert objective.reasoning_clip == (0.5, 0.5) and objective.knowledge_kl == 0.001
     assert recipe.trainer.beta == pytest.approx(0.001)  # TRL loads the reference model because the KL needs it
 
 
@@ -66,7 +66,7 @@ def test_objective_overrides_and_presets(tmp_path):
 def test_command_line_overrides(tmp_path):
     recipe = load_recipe(write(tmp_path, base(tmp_path)), ["trainer.max_steps=3", "objective.reasoning_clip=0.4"])
     assert recipe.trainer.max_steps == 3
-    assert recipe.trainer.objective_config().reasoning_clip == 0.4
+    assert recipe.trainer.objective_config().reasoning_clip == (0.4, 0.4)
     with pytest.raises(UserError, match="block.key=value"):
         load_recipe(write(tmp_path, base(tmp_path)), ["max_steps=3"])
 

@@ -204,7 +204,7 @@ def build_dataclass(cls: type, block: dict[str, Any], path: Path, where: str) ->
             raise UserError(f"{path}: {where}.{key}: {err}") from None
     try:
         return cls(**values)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UserError) as err:
         raise UserError(f"{path}: {where}: {_one_line(err)}") from None
 
 

@@ -52,7 +52,8 @@ class ArcherConfig(GRPOConfig):
     def __post_init__(self) -> None:
         objective = self.objective_config()  # validates preset and overrides
         self.beta = max(objective.knowledge_kl, objective.reasoning_kl)
-        # Entropy-based splits need the entropies TRL computes in its own loss path: nothing to set here.
+        if self.bf16 is None:  # TRL's default is bf16 everywhere; on a machine without bf16 support use float32
+            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
 
     def objective_config(self) -> ObjectiveConfig:

@@ -254,10 +254,12 @@ class MemoryEstimate:
 
     items: dict[str, float]
     gpu_memory_bytes: float
+    alternating: tuple[str, ...] = ()  # items never resident together (vLLM asleep while training): count the largest
 
     @property
     def total(self) -> float:
-        return sum(self.items.values())
+        always = sum(v for k, v in self.items.items() if k not in self.alternating)
+        return always + max((self.items[k] for k in self.alternating), default=0.0)
 
     @property
     def fits(self) -> bool:
@@ -265,7 +267,10 @@ class MemoryEstimate:
 
     def format(self) -> list[str]:
         width = max(len(k) for k in self.items)
-        lines = [f"  {k:<{width}}  {v / GIB:8.2f} GiB" for k, v in self.items.items()]
+        lines = [
+            f"  {k:<{width}}  {v / GIB:8.2f} GiB" + ("  (one at a time)" if k in self.alternating else "")
+            for k, v in self.items.items()
+        ]
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines.append(
             f"  {'total':<{width}}  {self.total / GIB:8.2f} GiB of {self.gpu_memory_bytes / GIB:.0f} ({verdict})"
@@ -284,6 +289,7 @@ def estimate_memory(
     gradient_checkpointing: bool = True,
     reference_model: bool = False,
     vllm_colocate_fraction: float | None = None,
+    vllm_sleep_mode: bool = False,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
 ) -> MemoryEstimate:
     """Memory per GPU of one training process.
@@ -295,7 +301,8 @@ def estimate_memory(
     prefetched one) at a time. Activations: with gradient checkpointing one hidden state per layer is kept and one
     layer is recomputed at a time, without it every layer's intermediates live until backward (attention through
     SDPA / flash kernels: no seq^2 term). TRL computes log-probs and entropies in chunks, so the logits are not
-    counted. A colocated vLLM engine reserves its ``gpu_memory_utilization`` share of the GPU.
+    counted. A colocated vLLM engine reserves its ``gpu_memory_utilization`` share of the GPU; in sleep mode (TRL
+    uses level 2: weights and KV cache released) it is never resident together with the activations.
     """
     if zero_stage not in (0, 2, 3):
         raise UserError(f"ZeRO stage {zero_stage}: plan for 0 (DDP), 2 or 3")
@@ -319,9 +326,12 @@ def estimate_memory(
     else:
         items["activations"] = shape.num_layers * per_layer
     items["CUDA context, buffers"] = OVERHEAD_GIB * GIB
+    alternating: tuple[str, ...] = ()
     if vllm_colocate_fraction:
         items["vLLM (colocate)"] = vllm_colocate_fraction * gpu_memory_gib * GIB
-    return MemoryEstimate(items=items, gpu_memory_bytes=gpu_memory_gib * GIB)
+        if vllm_sleep_mode:
+            alternating = ("activations", "vLLM (colocate)")
+    return MemoryEstimate(items=items, gpu_memory_bytes=gpu_memory_gib * GIB, alternating=alternating)
 
 
 def vllm_sequences_in_cache(
@@ -364,14 +374,16 @@ def describe(
     args = recipe.trainer
     world = num_processes or int(os.environ.get("WORLD_SIZE", "1"))
     prompt_bound = _max_prompt_length(args)
+    raw = (getattr(recipe, "raw", None) or {}).get("trainer") or {}
     plan = plan_batches(
         num_processes=world,
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
-        # GRPOConfig has already filled both in for its own world size: re-derive from the one the user set.
-        steps_per_generation=args.steps_per_generation,
+        # GRPOConfig has filled both in for its own world size: re-derive from the one the recipe sets.
+        generation_batch_size=raw.get("generation_batch_size"),
+        steps_per_generation=raw.get("steps_per_generation"),
         num_iterations=args.num_iterations,
         max_prompt_length=prompt_bound,
     )
@@ -396,6 +408,7 @@ def describe(
             gradient_checkpointing=bool(args.gradient_checkpointing),
             reference_model=args.beta != 0.0,
             vllm_colocate_fraction=args.vllm_gpu_memory_utilization if colocate else None,
+            vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
             gpu_memory_gib=gpu_memory_gib,
         )
         states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
@@ -420,6 +433,21 @@ def describe(
         if args.use_vllm:
             lines += _vllm_lines(shape, args, dtype_bytes, gpu_memory_gib, prompt_bound)
     return "\n".join(lines)
+
+
+def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Any:
+    """:func:`archer.recipe.load_recipe` for ``--dry-run`` on any machine: a GPU recipe (bf16) parses on a CPU-only
+    machine, where TrainingArguments would otherwise refuse bf16 before anything is planned."""
+    import transformers.training_args as training_args
+
+    from archer.recipe import load_recipe
+
+    check = training_args.is_torch_bf16_gpu_available
+    training_args.is_torch_bf16_gpu_available = lambda *a, **k: True
+    try:
+        return load_recipe(path, overrides)
+    finally:
+        training_args.is_torch_bf16_gpu_available = check
 
 
 def _max_prompt_length(args: Any) -> int | None:
@@ -464,8 +492,8 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
         f"data: {data.dataset} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)})",
         f"objective: {args.objective} {objective.to_dict()}",
-        f"optimizer: {args.optim}, lr {args.learning_rate:g}, {args.lr_scheduler_type} schedule, warmup "
-        f"{args.warmup_steps} steps, weight decay {args.weight_decay:g}, grad clip {args.max_grad_norm:g}, "
+        f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule, "
+        f"warmup {args.warmup_steps:g} steps, weight decay {args.weight_decay:g}, grad clip {args.max_grad_norm:g}, "
         f"betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
         f"precision: {'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}, gradient checkpointing "
@@ -482,6 +510,10 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         lines.append("rollouts: transformers generate()")
     lines.append(f"run: max_steps {args.max_steps}, output {args.output_dir}")
     return lines
+
+
+def _value(option: Any) -> Any:
+    return getattr(option, "value", option)
 
 
 def _format_plan(plan: BatchPlan, args: Any) -> list[str]:

@@ -61,30 +61,34 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], source: str = "config.json") -> ModelShape:
+        """Read a config.json's content; keys it leaves out take the model type's transformers defaults."""
+        from transformers import AutoConfig
+
         model_type = config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UserError(f"{source}: model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}")
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if key not in config:
+                raise UserError(f"{source}: missing key {key!r}")
         try:
-            hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            shape = dict(
-                vocab_size=int(config["vocab_size"]),
-                hidden_size=hidden,
-                num_layers=int(config["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(config.get("num_key_value_heads") or heads),
-                head_dim=int(config.get("head_dim") or hidden // heads),
-                intermediate_size=int(config["intermediate_size"]),
-            )
-        except KeyError as err:
-            raise UserError(f"{source}: missing key {err.args[0]!r}") from None
-        attention_bias = bool(config.get("attention_bias", False))
+            cfg = AutoConfig.for_model(**config)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{source}: {err}") from None
+        heads = cfg.num_attention_heads
+        attention_bias = bool(getattr(cfg, "attention_bias", False))
         return cls(
             model_type=model_type,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            intermediate_size=cfg.intermediate_size,
+            tie_word_embeddings=bool(cfg.tie_word_embeddings),
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=model_type != "qwen2" and attention_bias,
             qk_norm=model_type == "qwen3",
-            **shape,
         )
 
     @property

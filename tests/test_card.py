@@ -101,7 +101,7 @@ def test_finished_run_card_parses_back_with_eval_results_in_model_index(tmp_path
     assert "![reward](plots/reward.png)" in text and "![entropy](plots/entropy.png)" in text
     assert 'model_id = "org/tiny-archer"' in text
     assert 'tokenizer("Compute 26+10-17."' in text  # no chat template: plain prompt
-    assert "- **wall time:** 6.5 min" in text
+    assert "- **wall time:** 6.5 min" in text and "- **device-hours:** 0.11" in text
     assert "- trl 1.16.0" in text and "- lighteval 0.13.0" in text
     assert "@article{wang2025archer" in text and "@software{archer_rlvr" in text
     assert "\n\n\n" not in str(card)
@@ -118,7 +118,7 @@ def test_bare_run_renders_a_complete_card_without_eval_table(tmp_path):
     assert "| benchmark |" not in text and "Training curves" not in text and "Held-out" not in text
     for section in ("## How it was trained", "## Quick start", "## Limitations", "## Citation"):
         assert section in text
-    assert 'model_id = "bare"' in text  # no repo yet: the folder name
+    assert f'model_id = "{run}"' in text  # no repo yet: the local folder
 
 
 def test_base_model_results_found_in_run_folder_give_a_comparison_column(tmp_path):
@@ -160,7 +160,10 @@ def test_eval_reader_tolerates_schema_variants(tmp_path):
             "model": "m",
             "tasks": [
                 {"name": "aime24", "avg@64": 48.7, "pass@64": 83.3, "k": 64, "note": "text", "flag": True},
-                {"task": "math_500", "metrics": {"avg@4": 90.8, "bad": float("nan"), "extra": {"x": 1}}},
+                {
+                    "task": "math_500",
+                    "metrics": {"avg@4": {"value": 90.8, "stderr": 1.2}, "bad": float("nan"), "x": {}},
+                },
                 {"name": "empty", "metrics": {}},
             ],
             "protocol": {"temperature": 0.8, "stop": ["</s>"]},

@@ -100,10 +100,9 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
             continue
         source = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else entry
         metrics = {
-            str(key): float(value)
+            str(key): number
             for key, value in source.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if key not in ("k", "n", "num_problems", "num_samples")
+            if key not in ("k", "n", "num_problems", "num_samples") and (number := _metric_value(value)) is not None
         }
         if metrics:
             dataset = entry.get("dataset") or entry.get("hf_repo") or entry.get("dataset_id")
@@ -127,6 +126,15 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
         tasks=tasks,
         versions={str(k): str(v) for k, v in versions.items() if v is not None},
     )
+
+
+def _metric_value(value: Any) -> float | None:
+    """A finite number, or the ``value`` of a ``{"value": ..., "stderr": ...}`` entry; None for anything else."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -302,8 +310,11 @@ def _compute(train_results: dict[str, Any]) -> dict[str, str]:
     if isinstance(runtime, int | float):
         out["wall time"] = f"{runtime / 3600:.2f} h" if runtime >= 3600 else f"{runtime / 60:.1f} min"
     hours = compute.get("hours") or compute.get("gpu_hours")
+    processes = compute.get("processes")
+    if not isinstance(hours, int | float) and isinstance(runtime, int | float) and isinstance(processes, int):
+        hours = runtime * processes / 3600  # every process holds one device for the whole run
     if isinstance(hours, int | float):
-        out["device-hours"] = f"{hours:.1f}"
+        out["device-hours"] = f"{hours:.2f}"
     return out
 
 
@@ -326,6 +337,7 @@ def build_context(run: Run, repo_id: str | None, own: EvalResults | None, base: 
     return {
         "model_id": model_id,
         "repo_id": repo_id,
+        "load_id": repo_id or str(run.path),  # what from_pretrained takes in the quick start
         "paper_url": PAPER_URL,
         "is_tiny": run.is_tiny,
         "model_source": run.model_name_or_path,

@@ -123,9 +123,9 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise UserError(f"REPO={repo_id!r} is not a valid repo id: use <org or user>/<name> ({err})") from None
+        raise UserError(f"repo {repo_id!r} is not a valid repo id: use <org or user>/<name> ({err})") from None
     if "/" not in repo_id:
-        raise UserError(f"REPO={repo_id!r}: name the namespace too, as <org or user>/<name>")
+        raise UserError(f"repo {repo_id!r}: name the namespace too, as <org or user>/<name>")
     return repo_id
 
 
@@ -255,21 +255,24 @@ class CheckpointPusher(TrainerCallback):
             logger.warning("not pushing step %d: %s does not exist", state.global_step, checkpoint)
             return
         staging = _stage(checkpoint, select_checkpoint_files(checkpoint))
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archer-push")
         with self._lock:
+            if self._executor is None:  # one worker: pushes land in step order, one commit at a time
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archer-push")
             self._pending.append(self._executor.submit(self._push, state.global_step, staging))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         self.wait()
 
     def wait(self) -> None:
-        """Block until every queued push has finished (successfully or not)."""
+        """Block until every queued push has finished (successfully or not), then stop the worker thread."""
         with self._lock:
             pending, self._pending = self._pending, []
+            executor, self._executor = self._executor, None
         if pending:
             logger.info("waiting for %d checkpoint push(es) to %s", sum(not f.done() for f in pending), self.repo_id)
             wait(pending)
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     def _push(self, step: int, staging: Path) -> None:
         try:

@@ -143,6 +143,11 @@ def _runtime() -> _Runtime:
         return _RUNTIME
 
 
+def ensure_sandbox() -> None:
+    """Raise SandboxUnavailable (saying how to install bubblewrap) unless sandboxed runs work here."""
+    _runtime()
+
+
 def sandbox_available() -> bool:
     """Whether bubblewrap is installed and can create a sandbox here (checked once, by a real run)."""
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from archer.errors import UserError
+from archer.rewards.code import GradeResult, TestOutcome, code_reward, grade_code
 from archer.rewards.extract import completion_text, extract_boxed_answer, extract_code
+from archer.rewards.livecodebench import decode_lcb_tests, normalize_tests
 from archer.rewards.math import math_reward, verify_math
 
-REWARD_FUNCS: dict[str, Callable[..., list]] = {"math": math_reward}
+REWARD_FUNCS: dict[str, Callable[..., list]] = {"math": math_reward, "code": code_reward}
 
 
 def get_reward_func(name: str) -> Callable[..., list]:
@@ -20,10 +22,16 @@ def get_reward_func(name: str) -> Callable[..., list]:
 
 __all__ = [
     "REWARD_FUNCS",
+    "GradeResult",
+    "TestOutcome",
+    "code_reward",
     "completion_text",
+    "decode_lcb_tests",
     "extract_boxed_answer",
     "extract_code",
     "get_reward_func",
+    "grade_code",
     "math_reward",
+    "normalize_tests",
     "verify_math",
 ]

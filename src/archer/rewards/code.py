@@ -1,0 +1,249 @@
+"""Code reward: the last ```python block after the reasoning must pass every test, each run in the sandbox.
+
+Tests run in parallel on a process-wide thread pool (one sandbox per core at a time), shared by every caller so
+that training and evaluation never oversubscribe the machine. A problem stops at its first failing test, and
+has a global time budget that starts when its first test starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from archer import sandbox
+from archer.errors import UserError
+from archer.rewards.extract import completion_text, extract_code
+from archer.rewards.livecodebench import build_program, functional_matches, normalize_tests, stdout_matches
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = sandbox.DEFAULT_TIMEOUT_S
+DEFAULT_MEMORY_MB = sandbox.DEFAULT_MEMORY_MB
+DEFAULT_BUDGET_S = 60.0
+_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """One test's verdict. ``status``: passed, wrong_answer, runtime_error, timeout, output_limit, skipped, budget."""
+
+    __test__ = False  # not a pytest class
+
+    index: int  # position in the problem's full test list
+    passed: bool
+    status: str
+    wall_s: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """All tests passed or not, with each graded test's outcome (tests after a failure may be ``skipped``)."""
+
+    passed: bool
+    tests: list[TestOutcome] = field(default_factory=list)
+
+    @property
+    def num_passed(self) -> int:
+        return sum(outcome.passed for outcome in self.tests)
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def grading_workers() -> int:
+    """How many sandboxes run at once: ``ARCHER_SANDBOX_WORKERS`` or one per CPU core."""
+    return int(os.environ.get("ARCHER_SANDBOX_WORKERS", "0")) or (os.cpu_count() or 1)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(grading_workers(), thread_name_prefix="archer-grade")
+        return _EXECUTOR
+
+
+def _judge(result: sandbox.ExecResult, test: dict[str, str], index: int, budget_cut: bool) -> TestOutcome:
+    if result.timed_out:
+        return TestOutcome(index, False, "budget" if budget_cut else "timeout", result.wall_s)
+    if result.output_limit_exceeded:
+        return TestOutcome(index, False, "output_limit", result.wall_s)
+    if result.returncode != 0:
+        return TestOutcome(index, False, "runtime_error", result.wall_s, result.stderr[-_DETAIL_CHARS:])
+    matches = functional_matches if test["testtype"] == "functional" else stdout_matches
+    if matches(result.stdout, test["output"]):
+        return TestOutcome(index, True, "passed", result.wall_s)
+    detail = f"expected {test['output'][:_DETAIL_CHARS]!r}, got {result.stdout[-_DETAIL_CHARS:]!r}"
+    return TestOutcome(index, False, "wrong_answer", result.wall_s, detail)
+
+
+class _Grading:
+    """One problem in flight: its tests are queued on the shared pool and share a stop flag and a budget."""
+
+    def __init__(
+        self,
+        code: str,
+        tests: list[dict[str, str]],
+        indices: list[int],
+        fn_name: str | None,
+        timeout_s: float,
+        memory_mb: int,
+        budget_s: float,
+        stop_on_failure: bool,
+    ) -> None:
+        self.code, self.tests, self.fn_name = code, tests, fn_name
+        self.timeout_s, self.memory_mb, self.budget_s = timeout_s, memory_mb, budget_s
+        self.stop_on_failure = stop_on_failure
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        pool = _executor()
+        self._futures: list[Future[TestOutcome]] = [pool.submit(self._run, i) for i in indices]
+
+    def _run(self, index: int) -> TestOutcome:
+        if self._stop.is_set():
+            return TestOutcome(index, False, "skipped")
+        with self._lock:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + self.budget_s
+            remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._stop.set()
+            return TestOutcome(index, False, "budget")
+        limit = min(self.timeout_s, remaining)
+        test = self.tests[index]
+        program, stdin = build_program(self.code, test, self.fn_name)
+        result = sandbox.run_python(program, stdin, timeout_s=limit, memory_mb=self.memory_mb)
+        outcome = _judge(result, test, index, budget_cut=limit < self.timeout_s)
+        if not outcome.passed and self.stop_on_failure:
+            self._stop.set()
+        return outcome
+
+    def result(self) -> GradeResult:
+        outcomes = [future.result() for future in self._futures]
+        return GradeResult(passed=bool(outcomes) and all(o.passed for o in outcomes), tests=outcomes)
+
+
+def _choose(n: int, max_tests: int | None, rng: random.Random) -> list[int]:
+    if max_tests is not None and max_tests <= 0:
+        raise UserError(f"max_tests must be a positive number of tests per problem, got {max_tests}")
+    if max_tests is None or n <= max_tests:
+        return list(range(n))
+    return sorted(rng.sample(range(n), max_tests))
+
+
+def _start(
+    code: str,
+    tests: list[dict[str, str]],
+    fn_name: str | None,
+    timeout_s: float,
+    memory_mb: int,
+    max_tests: int | None,
+    rng: random.Random,
+    budget_s: float,
+    stop_on_failure: bool,
+) -> _Grading:
+    indices = _choose(len(tests), max_tests, rng)
+    return _Grading(code, tests, indices, fn_name, timeout_s, memory_mb, budget_s, stop_on_failure)
+
+
+def grade_code(
+    code: str,
+    tests: Any,
+    fn_name: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_tests: int | None = None,
+    *,
+    seed: int | None = None,
+    budget_s: float = DEFAULT_BUDGET_S,
+    stop_on_failure: bool = True,
+) -> GradeResult:
+    """Run ``code`` on ``tests`` (any form ``normalize_tests`` accepts) in the sandbox; passed iff all pass.
+
+    ``max_tests`` grades a random subset (seeded by ``seed``); ``stop_on_failure=False`` runs every test even
+    after a failure (for per-test reports). Raises SandboxUnavailable when bubblewrap cannot be used.
+    """
+    normalized = normalize_tests(tests, fn_name)
+    if not normalized:
+        raise UserError("grade_code needs at least one test: with none, any code would pass")
+    sandbox.ensure_sandbox()
+    rng = random.Random(seed)
+    return _start(code, normalized, fn_name, timeout_s, memory_mb, max_tests, rng, budget_s, stop_on_failure).result()
+
+
+def _per_row(value: Any, n: int) -> list[Any]:
+    if value is None or isinstance(value, (str, int)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"code_reward got {n} completions but {len(values)} values of a per-row column")
+    return values
+
+
+def _fn_name_from_metadata(metadata: Any) -> str | None:
+    """LiveCodeBench keeps the method name in a JSON ``metadata`` column as ``func_name``."""
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return None
+    return metadata.get("func_name") if isinstance(metadata, dict) else None
+
+
+def code_reward(
+    completions: Sequence[Any],
+    tests: Sequence[Any],
+    fn_name: Any = None,
+    max_tests: int | None = None,
+    seed: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    budget_s: float = DEFAULT_BUDGET_S,
+    **kwargs: Any,
+) -> list[float | None]:
+    """TRL reward: 1.0 when the last ```python block after ``</think>`` passes every test of its row, else 0.0.
+
+    ``tests`` holds one entry per row (a list of tests or a JSON / LiveCodeBench-compressed string); ``fn_name``
+    is a per-row column or one name for all rows (else read from a LiveCodeBench ``metadata`` column).
+    ``max_tests`` samples at most that many tests per row (training); None grades all (evaluation). A row with
+    no tests gets None (skipped) and a warning. Never runs code without the sandbox: raises SandboxUnavailable.
+    """
+    n = len(completions)
+    test_rows, names = _per_row(tests, n), _per_row(fn_name, n)
+    metadata = _per_row(kwargs.get("metadata"), n)
+    sandbox.ensure_sandbox()
+    rng = random.Random(seed)
+    rewards: list[float | None] = [0.0] * n
+    decoded: dict[Any, list[dict[str, str]]] = {}
+    running: list[tuple[int, _Grading]] = []
+    for i, (completion, row_tests, name, meta) in enumerate(zip(completions, test_rows, names, metadata, strict=True)):
+        name = name or _fn_name_from_metadata(meta)
+        key = (row_tests if isinstance(row_tests, str) else id(row_tests), name)
+        if key not in decoded:
+            try:
+                decoded[key] = normalize_tests(row_tests, name)
+            except UserError as err:
+                raise UserError(f"code_reward: row {i}: {err}") from None
+        row = decoded[key]
+        if not row:
+            logger.warning("code_reward: row %d has no tests; reward skipped", i)
+            rewards[i] = None
+            continue
+        code = extract_code(completion_text(completion))
+        if code is None:
+            continue
+        running.append((i, _start(code, row, name, timeout_s, memory_mb, max_tests, rng, budget_s, True)))
+    for i, grading in running:
+        rewards[i] = 1.0 if grading.result().passed else 0.0
+    return rewards

@@ -1,0 +1,189 @@
+"""LiveCodeBench conventions: how tests are stored, how a program is run on one, and how its output is judged.
+
+A test is ``{"input": str, "output": str, "testtype": "stdin" | "functional"}``. A stdin test feeds ``input`` to
+the program and compares what it prints with ``output`` line by line after stripping; lines that differ as text
+still match when every whitespace-separated token parses as the same Decimal (so ``1.50`` matches ``1.5``). A
+functional test calls ``fn_name`` (on ``Solution()`` when the code defines that class) with one argument per
+line of ``input``, each a JSON value, and compares the returned value (tuples as lists) with the JSON ``output``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import pickle
+import zlib
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from archer.errors import UserError
+
+TEST_TYPES = ("stdin", "functional")
+_MAX_DECODED_BYTES = 1 << 30  # a compressed test field inflating past this is refused (a zip bomb, not tests)
+
+# LiveCodeBench runs every solution after star-imports of common standard modules (LeetCode-style code uses
+# ``List`` or ``defaultdict`` without importing them); ``from builtins import *`` undoes shadowing such as
+# math.pow over pow. One line, so tracebacks point one line below the solution's own numbering.
+PRELUDE = (
+    "from string import *; from re import *; from datetime import *; from collections import *; "
+    "from heapq import *; from bisect import *; from copy import *; from math import *; from random import *; "
+    "from statistics import *; from itertools import *; from functools import *; from operator import *; "
+    "from io import *; from sys import *; from json import *; from builtins import *; from typing import *; "
+    "import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics, itertools, "
+    "functools, operator, io, sys, json, typing; sys.setrecursionlimit(50000)\n"
+)
+RESULT_MARKER = "\x1earcher-result\x1e"
+
+# Appended after the solution for a functional test. The arguments are embedded in the program (not sent on
+# stdin, which the solution may consume at import), and the solution's own prints go to /dev/null during the
+# call, so the last marker line on stdout is the harness's.
+_FUNCTIONAL_HARNESS = """
+def __archer_call():
+    import json as _json, os as _os, sys as _sys
+    _args = [_json.loads(_line) for _line in {raw!r}.strip().split("\\n")]
+    _holder = globals().get("Solution")
+    _fn = getattr(_holder(), {fn_name!r}) if isinstance(_holder, type) else globals()[{fn_name!r}]
+    _out = _sys.stdout
+    _sys.stdout = open(_os.devnull, "w")
+    try:
+        _result = _fn(*_args)
+    finally:
+        _sys.stdout = _out
+    if isinstance(_result, tuple):
+        _result = list(_result)
+    _out.write("\\n" + {marker!r} + _json.dumps(_result) + "\\n")
+    _out.flush()
+
+
+__archer_call()
+"""
+
+
+class _StrOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data and refuses every global, so the payload cannot name a callable to run.
+
+    LiveCodeBench pickles a JSON *string*: that needs no global at all, while arbitrary code execution through
+    pickle always goes through ``find_class`` (or persistent ids). With both refused, loading is inert; the
+    caller then insists the result is a str.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a test field")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing a persistent id in a test field")
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, _MAX_DECODED_BYTES)
+    if inflater.unconsumed_tail:
+        raise UserError(f"a compressed test field inflates past {_MAX_DECODED_BYTES >> 20} MiB")
+    return out
+
+
+def decode_lcb_tests(value: Any) -> list[dict[str, str]]:
+    """Tests from a LiveCodeBench field: a list, a JSON string (public tests) or base64+zlib+pickle (private)."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, (str, bytes)):
+        raise UserError(f"code tests must be a list or a string, got {type(value).__name__}")
+    text = value.decode() if isinstance(value, bytes) else value
+    try:
+        decoded: Any = json.loads(text)
+    except ValueError:
+        try:
+            payload = _StrOnlyUnpickler(io.BytesIO(_inflate(base64.b64decode(text, validate=False)))).load()
+        except (binascii.Error, zlib.error, pickle.UnpicklingError, EOFError, ValueError) as err:
+            raise UserError(f"code tests are neither JSON nor LiveCodeBench's compressed form: {err}") from None
+        if not isinstance(payload, str):
+            raise UserError(f"a compressed test field must hold a JSON string, got {type(payload).__name__}")
+        decoded = json.loads(payload)
+    if isinstance(decoded, str):  # compressed fields sometimes wrap the JSON once more
+        decoded = json.loads(decoded)
+    if not isinstance(decoded, list):
+        raise UserError(f"code tests must decode to a list of tests, got {type(decoded).__name__}")
+    return decoded
+
+
+def normalize_tests(value: Any, fn_name: str | None = None) -> list[dict[str, str]]:
+    """Validated tests from any accepted storage form; ``testtype`` defaults to functional iff ``fn_name``."""
+    if isinstance(value, dict) and "inputs" in value and "outputs" in value:  # APPS / TACO style
+        value = [{"input": i, "output": o} for i, o in zip(value["inputs"], value["outputs"], strict=True)]
+    tests = []
+    for k, test in enumerate(decode_lcb_tests(value)):
+        if not isinstance(test, dict) or "input" not in test or "output" not in test:
+            raise UserError(f"code test {k} must be a dict with 'input' and 'output', got {str(test)[:80]!r}")
+        testtype = test.get("testtype") or ("functional" if fn_name else "stdin")
+        if testtype not in TEST_TYPES:
+            raise UserError(f"code test {k} has testtype {testtype!r}; valid: {', '.join(TEST_TYPES)}")
+        if testtype == "functional" and not fn_name:
+            raise UserError(f"code test {k} is functional but no fn_name says which method to call")
+        tests.append({"input": _as_text(test["input"]), "output": _as_text(test["output"]), "testtype": testtype})
+    return tests
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def build_program(code: str, test: dict[str, str], fn_name: str | None) -> tuple[str, str]:
+    """The program text and stdin for running ``code`` on one test."""
+    if test["testtype"] == "stdin":
+        return PRELUDE + code, test["input"]
+    harness = _FUNCTIONAL_HARNESS.format(raw=test["input"], fn_name=fn_name, marker=RESULT_MARKER)
+    return PRELUDE + code + "\n" + harness, ""
+
+
+def _stripped_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def _decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except InvalidOperation:
+        return None
+
+
+def stdout_matches(output: str, expected: str) -> bool:
+    """LiveCodeBench's stdin/stdout rule: same number of stripped lines, each equal as text or as Decimals."""
+    got, want = _stripped_lines(output), _stripped_lines(expected)
+    if len(got) != len(want):
+        return False
+    for line, target in zip(got, want, strict=True):
+        if line == target:
+            continue
+        got_numbers, want_numbers = _decimals(line), _decimals(target)
+        if got_numbers is None or want_numbers is None:
+            return False
+        try:
+            if got_numbers != want_numbers:
+                return False
+        except InvalidOperation:  # a signalling NaN refuses to compare
+            return False
+    return True
+
+
+def functional_result(stdout: str) -> tuple[bool, Any]:
+    """(found, value) of the harness's result line in a functional test's stdout."""
+    for line in reversed(stdout.split("\n")):
+        if line.startswith(RESULT_MARKER):
+            try:
+                return True, json.loads(line[len(RESULT_MARKER) :])
+            except ValueError:
+                return False, None
+    return False, None
+
+
+def functional_matches(stdout: str, expected: str) -> bool:
+    """Whether the harness returned a value equal to the JSON ``expected`` (compared as Python values)."""
+    found, value = functional_result(stdout)
+    if not found:
+        return False
+    try:
+        return bool(value == json.loads(expected))
+    except ValueError:
+        return False

@@ -1,0 +1,225 @@
+"""Code reward: extraction, LiveCodeBench storage and judging rules, graded examples through the sandbox."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archer import sandbox
+from archer.errors import UserError
+from archer.rewards import (
+    REWARD_FUNCS,
+    code_reward,
+    decode_lcb_tests,
+    extract_code,
+    get_reward_func,
+    grade_code,
+    normalize_tests,
+)
+from archer.rewards.livecodebench import RESULT_MARKER, functional_matches, stdout_matches
+from archer.sandbox import SandboxUnavailable, sandbox_available
+
+PROBLEMS = {p["question_id"]: p for p in json.loads((Path(__file__).parent / "data/code/problems.json").read_text())}
+needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
+
+
+def _all_tests(problem: dict[str, Any]) -> list[dict[str, str]]:
+    return decode_lcb_tests(problem["public_test_cases"]) + decode_lcb_tests(problem["private_test_cases"])
+
+
+def _fenced(code: str) -> str:
+    return f"<think>I will write it.</think>\nHere:\n```python\n{code}```\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Extraction and judging rules (no sandbox needed).
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("```python\nprint(1)\n```", "print(1)\n"),
+        ("```python\nA\n```\ntext\n```py\nB\n```", "B\n"),
+        ("```python3\nC\n```", "C\n"),
+        ("<think>```python\nDRAFT\n```</think>\n```python\nFINAL\n```", "FINAL\n"),
+        ("<think>```python\nDRAFT\n```</think>\nno code after thinking", None),
+        ("<think>```python\nDRAFT\n```", None),  # the reasoning never ends
+        ("```python\nDONE\n```\n```python\ncut off", "DONE\n"),  # the last *complete* block
+        ("```\nprint('no language tag')\n```", None),
+        ("```python\n   \n```", None),
+    ],
+)
+def test_extract_code(text: str, expected: str | None) -> None:
+    assert extract_code(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("output", "expected", "match"),
+    [
+        ("3\n", "3", True),
+        ("  3  \r\n\n", "3\n", True),  # stripped lines, CRLF
+        ("2.5\n", "2.50", True),  # Decimal equality
+        ("1e1", "10", True),
+        ("1 2.0 3", "1.0 2 3.00", True),
+        ("3.0000001", "3", False),  # no epsilon: LiveCodeBench compares Decimals exactly
+        ("YES", "yes", False),
+        ("1\n2", "1 2", False),
+        ("1\n\n2", "1\n2", False),  # an inner blank line is a line
+        ("", "0", False),
+        ("sNaN", "sNaN2", False),
+    ],
+)
+def test_stdout_rule(output: str, expected: str, match: bool) -> None:
+    assert stdout_matches(output, expected) is match
+
+
+def test_functional_rule() -> None:
+    line = RESULT_MARKER + json.dumps([0, 1])
+    assert functional_matches(f"debug print\n{line}\n", "[0, 1]")
+    assert not functional_matches(f"{line}\n", "[1, 0]")
+    assert functional_matches(RESULT_MARKER + "2.0\n", "2")
+    assert not functional_matches("[0, 1]\n", "[0, 1]")  # a bare print is not the harness's result
+
+
+def test_decode_lcb_private_tests_and_refuse_malicious_pickles(tmp_path: Path) -> None:
+    private = decode_lcb_tests(PROBLEMS["avg"]["private_test_cases"])
+    assert [t["output"] for t in private] == ["0.25\n", "3\n", "1.0\n", "2.5\n"]
+    assert decode_lcb_tests(PROBLEMS["pairs"]["public_test_cases"])[0]["testtype"] == "functional"
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    for payload in (Evil(), ["a list, not a JSON string"]):
+        blob = base64.b64encode(zlib.compress(pickle.dumps(payload))).decode()
+        with pytest.raises(UserError):
+            decode_lcb_tests(blob)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="neither JSON nor"):
+        decode_lcb_tests("not json, not base64 !!")
+
+
+def test_normalize_tests_validates() -> None:
+    assert normalize_tests({"inputs": ["1\n"], "outputs": ["2\n"]}) == [
+        {"input": "1\n", "output": "2\n", "testtype": "stdin"}
+    ]
+    assert normalize_tests([{"input": "[1]", "output": 1}], fn_name="f")[0] == {
+        "input": "[1]",
+        "output": "1",
+        "testtype": "functional",
+    }
+    with pytest.raises(UserError, match="valid: stdin, functional"):
+        normalize_tests([{"input": "", "output": "", "testtype": "interactive"}])
+    with pytest.raises(UserError, match="no fn_name"):
+        normalize_tests([{"input": "", "output": "", "testtype": "functional"}])
+    with pytest.raises(UserError, match="'input' and 'output'"):
+        normalize_tests([{"stdin": "1"}])
+
+
+def test_registry_has_code() -> None:
+    assert get_reward_func("code") is code_reward is REWARD_FUNCS["code"]
+
+
+def test_refuses_to_run_without_bubblewrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sandbox, "_RUNTIME", None)
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        code_reward([_fenced("print(3)\n"), "no code"], tests=[[{"input": "", "output": "3"}]] * 2)
+    with pytest.raises(SandboxUnavailable):
+        grade_code("print(3)", [{"input": "", "output": "3"}])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Graded examples through the sandbox.
+
+
+@needs_bwrap
+@pytest.mark.parametrize("problem_id", sorted(PROBLEMS))
+def test_graded_examples(problem_id: str) -> None:
+    problem = PROBLEMS[problem_id]
+    tests = _all_tests(problem)
+    for name, code in problem["solutions"].items():
+        result = grade_code(code, tests, fn_name=problem["fn_name"], timeout_s=2.0, stop_on_failure=False)
+        assert result.passed is name.startswith("correct"), (name, result)
+        assert len(result.tests) == len(tests)
+        if name == "correct":
+            assert all(o.status == "passed" for o in result.tests)
+        if name == "wrong_hardcoded_sample":  # passes the public sample, fails hidden tests
+            assert result.tests[0].passed and result.num_passed < len(tests)
+        if name == "runtime_error":
+            assert {o.status for o in result.tests} == {"runtime_error"}
+            assert "ZeroDivisionError" in result.tests[0].detail
+        if name == "wrong_slow":
+            assert {o.status for o in result.tests} == {"timeout"}
+        if name == "wrong_equal_to_everything":
+            assert not any(o.passed for o in result.tests)
+
+
+@needs_bwrap
+def test_stop_on_failure_skips_the_rest() -> None:
+    tests = [{"input": str(i), "output": "ok"} for i in range(12)]
+    result = grade_code("print('no')", tests)
+    assert not result.passed
+    statuses = [o.status for o in result.tests]
+    assert statuses.count("wrong_answer") >= 1 and statuses.count("skipped") >= 12 - 2 * os.cpu_count()
+
+
+@needs_bwrap
+def test_budget_per_problem() -> None:
+    tests = [{"input": str(i), "output": str(i)} for i in range(6)]
+    start = time.monotonic()
+    result = grade_code("import time\ntime.sleep(1.0)\nprint(input())", tests, timeout_s=5.0, budget_s=1.5)
+    assert not result.passed
+    assert "budget" in {o.status for o in result.tests}
+    assert time.monotonic() - start < 4.0
+
+
+@needs_bwrap
+def test_max_tests_samples_a_seeded_subset() -> None:
+    tests = [{"input": str(i), "output": str(i)} for i in range(10)]
+    code = "print(input())"
+    picks = [[o.index for o in grade_code(code, tests, max_tests=3, seed=s).tests] for s in (1, 1, 2)]
+    assert all(len(p) == 3 and p == sorted(p) for p in picks)
+    assert picks[0] == picks[1] != picks[2]
+    assert len(grade_code(code, tests).tests) == 10
+    with pytest.raises(UserError, match="max_tests"):
+        grade_code(code, tests, max_tests=0)
+    with pytest.raises(UserError, match="at least one test"):
+        grade_code(code, [])
+
+
+@needs_bwrap
+def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
+    avg, pairs = PROBLEMS["avg"], PROBLEMS["pairs"]
+    avg_private, pairs_private = avg["private_test_cases"], pairs["private_test_cases"]
+    completions = [
+        _fenced(avg["solutions"]["correct"]),
+        [{"role": "assistant", "content": _fenced(avg["solutions"]["wrong_integer_division"])}],
+        "<think>draft:\n```python\n" + avg["solutions"]["correct"] + "```\n",  # unclosed reasoning: nothing graded
+        _fenced(pairs["solutions"]["correct"]),
+        _fenced(pairs["solutions"]["wrong_order"]),
+        _fenced(pairs["solutions"]["correct"]),  # fn_name from LiveCodeBench's metadata column
+        _fenced(avg["solutions"]["correct"]),  # a row with no tests
+    ]
+    tests = [avg_private, avg_private, avg_private, pairs_private, pairs_private, pairs["public_test_cases"], "[]"]
+    fn_name = [None, None, None, "twoSum", "twoSum", None, None]
+    metadata = ["{}"] * 5 + [json.dumps({"func_name": "twoSum"}), "{}"]
+    rewards = code_reward(completions, tests=tests, fn_name=fn_name, metadata=metadata, prompts=["p"] * 7)
+    assert rewards == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, None]
+    assert "row 6 has no tests" in caplog.text
+
+
+@needs_bwrap
+def test_code_reward_names_the_bad_row() -> None:
+    with pytest.raises(UserError, match="row 1: code test 0 has testtype"):
+        code_reward(["x", "y"], tests=[[{"input": "", "output": ""}], [{"input": "", "output": "", "testtype": "x"}]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -212,4 +213,20 @@ def test_card_command_writes_readme_and_reports_user_errors(tmp_path, capsys):
 
     (run / "config.yaml").write_text("model: [unclosed")
     assert main(["card", str(run)]) == 2
-    assert "config.yaml: not valid YAML" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config.yaml: not valid YAML" in err and err.count("\n") == 1
+
+    (run / "config.yaml").write_text("- a list\n")
+    assert main(["card", str(run)]) == 2
+    assert "config.yaml: expected a mapping" in capsys.readouterr().err
+
+
+def test_card_command_defaults_to_the_newest_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["card"]) == 2
+    assert "no run folder under outputs/" in capsys.readouterr().err
+    old, new = make_run(tmp_path / "outputs" / "old"), make_run(tmp_path / "outputs" / "new")
+    os.utime(old / "config.yaml", (1, 1))
+    os.utime(old, (1, 1))
+    assert main(["card"]) == 0
+    assert (new / "README.md").is_file() and not (old / "README.md").exists()

@@ -199,28 +199,32 @@ class Run:
         return [str(r) for r in (self.config.get("data") or {}).get("rewards") or []]
 
 
+def _read_mapping(path: Path, kind: str) -> dict[str, Any]:
+    """A JSON or YAML file holding a mapping; {} when absent; a one-line UserError when unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        value = yaml.safe_load(path.read_text()) if kind == "YAML" else json.loads(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid {kind} ({' '.join(str(err).split())})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(value).__name__}")
+    return value
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"MODEL={run_dir}: not a folder; give a run folder written by `archer train`")
-    config: dict[str, Any] = {}
-    if (run_dir / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{run_dir / 'config.yaml'}: not valid YAML ({err})") from None
-    else:
+    config = _read_mapping(run_dir / "config.yaml", "YAML")
+    if not config:
         logger.warning("%s has no config.yaml: the card will lack training details", run_dir)
-    train_results: dict[str, Any] = {}
-    if (run_dir / "train_results.json").is_file():
-        try:
-            train_results = json.loads((run_dir / "train_results.json").read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{run_dir / 'train_results.json'}: not valid JSON ({err})") from None
+    train_results = _read_mapping(run_dir / "train_results.json", "JSON")
     plots = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "plots").glob("*.png"))
-    tokenizer_config = run_dir / "tokenizer_config.json"
-    has_chat_template = (run_dir / "chat_template.jinja").is_file() or (
-        tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text())
+    has_chat_template = (run_dir / "chat_template.jinja").is_file() or "chat_template" in _read_mapping(
+        run_dir / "tokenizer_config.json", "JSON"
     )
     return Run(run_dir, config, train_results, plots, has_chat_template)
 

@@ -84,6 +84,17 @@ def _inflate(data: bytes) -> bytes:
     return out
 
 
+def _decompress(text: str) -> str:
+    """The JSON string inside LiveCodeBench's base64 + zlib + pickle encoding."""
+    try:
+        payload = _StrOnlyUnpickler(io.BytesIO(_inflate(base64.b64decode(text, validate=False)))).load()
+    except (binascii.Error, zlib.error, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f"code tests are neither JSON nor LiveCodeBench's compressed form: {err}") from None
+    if not isinstance(payload, str):
+        raise UserError(f"a compressed test field must hold a JSON string, got {type(payload).__name__}")
+    return payload
+
+
 def decode_lcb_tests(value: Any) -> list[dict[str, str]]:
     """Tests from a LiveCodeBench field: a list, a JSON string (public tests) or base64+zlib+pickle (private)."""
     if isinstance(value, list):
@@ -94,13 +105,7 @@ def decode_lcb_tests(value: Any) -> list[dict[str, str]]:
     try:
         decoded: Any = json.loads(text)
     except ValueError:
-        try:
-            payload = _StrOnlyUnpickler(io.BytesIO(_inflate(base64.b64decode(text, validate=False)))).load()
-        except (binascii.Error, zlib.error, pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise UserError(f"code tests are neither JSON nor LiveCodeBench's compressed form: {err}") from None
-        if not isinstance(payload, str):
-            raise UserError(f"a compressed test field must hold a JSON string, got {type(payload).__name__}")
-        decoded = json.loads(payload)
+        decoded = json.loads(_decompress(text))
     if isinstance(decoded, str):  # compressed fields sometimes wrap the JSON once more
         decoded = json.loads(decoded)
     if not isinstance(decoded, list):

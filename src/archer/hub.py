@@ -123,7 +123,9 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise UserError(f"repo {repo_id!r} is not a valid repo id: use <org or user>/<name> ({err})") from None
+        raise UserError(
+            f"repo {repo_id!r} is not a valid repo id: use <org or user>/<name> ({' '.join(str(err).split())})"
+        ) from None
     if "/" not in repo_id:
         raise UserError(f"repo {repo_id!r}: name the namespace too, as <org or user>/<name>")
     return repo_id

@@ -50,9 +50,10 @@ class _TokenLogpsAndEntropy(torch.autograd.Function):
         ctx.save_for_backward(logits, token_ids, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(entropy)
         shape = logits.shape[:-1]
-        return logps.view(shape), entropy.view(shape)
+        logps, entropy = logps.view(shape), entropy.view(shape)
+        ctx.mark_non_differentiable(entropy)
+        return logps, entropy
 
     @staticmethod
     def backward(ctx, grad_logps: Tensor, _grad_entropy: Tensor | None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from archer.card import newest_run
     from archer.hub import push_run
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the summary
     run_dir = args.run_dir or newest_run()
     result = push_run(run_dir, args.repo, revision=args.revision, private=args.private, base_results=args.base_results)
     state = "pushed" if result.changed else "unchanged (identical files already there, no new commit)"

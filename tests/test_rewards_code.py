@@ -28,7 +28,11 @@ from archer.rewards.livecodebench import RESULT_MARKER, functional_matches, stdo
 from archer.sandbox import SandboxUnavailable, sandbox_available
 
 PROBLEMS = {p["question_id"]: p for p in json.loads((Path(__file__).parent / "data/code/problems.json").read_text())}
-needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
+_skip_without_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
+
+
+def needs_bwrap(test: Any) -> Any:
+    return pytest.mark.sandbox(_skip_without_bwrap(test))
 
 
 def _all_tests(problem: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ from archer.rewards import (
     math_reward,
     verify_math,
 )
-from archer.rewards.math import check_pair, verify_many
+from archer.rewards.math import _pool, check_pair, verify_many
 
 
 @pytest.mark.parametrize(
@@ -150,6 +150,16 @@ def test_pathological_answer_is_bounded_and_pool_recovers() -> None:
     assert verify_math("9^{9^{9^{9^{9}}}}", "1", timeout_s=1.0) == 0.0
     assert time.monotonic() - start < 15
     assert verify_math("\\frac{10}{20}", "0.5") == 1.0
+
+
+def test_pool_replaces_a_worker_killed_while_idle() -> None:
+    assert verify_math("\\frac{1}{4}", "0.25") == 1.0  # the pool is up
+    pool = _pool()
+    for worker in list(pool._idle.queue):
+        worker.proc.kill()
+        worker.proc.wait()
+    assert verify_math("\\frac{2}{8}", "0.25") == 1.0
+    assert verify_math("\\frac{3}{8}", "0.25") == 0.0
 
 
 @settings(max_examples=40, deadline=None)

@@ -75,6 +75,12 @@ def test_large_stdin_and_output() -> None:
 
 
 @needs_bwrap
+def test_large_program() -> None:
+    code = "# padding\n" * 40_000 + "print(__name__, __file__)\n"  # 400 kB: more than a pipe buffer holds
+    assert run_python(code).stdout == "__main__ /tmp/main.py\n"
+
+
+@needs_bwrap
 def test_identity_environment_and_fresh_tmp() -> None:
     code = (
         "import os\n"

@@ -169,7 +169,7 @@ sys.argv = [{path!r}]
 with open({path!r}, encoding="utf-8") as _f:
     _src = _f.read()
 del _f, _k, _v
-exec(compile(_src, {path!r}, "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
+exec(compile(_src, {path!r}, "exec"), {{"__name__": "__main__", "__file__": {path!r}, "__builtins__": __builtins__}})
 """
 
 

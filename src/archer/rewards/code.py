@@ -57,6 +57,7 @@ class GradeResult:
 
 
 _EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_PID = 0
 _EXECUTOR_LOCK = threading.Lock()
 
 
@@ -66,10 +67,11 @@ def grading_workers() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _EXECUTOR
+    global _EXECUTOR, _EXECUTOR_PID
     with _EXECUTOR_LOCK:
-        if _EXECUTOR is None:
+        if _EXECUTOR is None or os.getpid() != _EXECUTOR_PID:  # a forked child has the object but no threads
             _EXECUTOR = ThreadPoolExecutor(grading_workers(), thread_name_prefix="archer-grade")
+            _EXECUTOR_PID = os.getpid()
         return _EXECUTOR
 
 

@@ -160,10 +160,16 @@ class _VerifierPool:
         selector = selectors.DefaultSelector()
 
         def dispatch(worker: _Worker) -> None:
-            if pending:
-                index = pending.popleft()
+            if not pending:
+                return
+            index = pending.popleft()
+            try:
                 worker.send(*jobs[index], timeout_s)
-                busy[worker] = (index, time.monotonic() + timeout_s)
+            except OSError:  # it died while idle (killed from outside): start another, retry the job
+                pending.appendleft(index)
+                replace(worker)
+                return
+            busy[worker] = (index, time.monotonic() + timeout_s)
 
         def replace(worker: _Worker) -> None:
             selector.unregister(worker)
@@ -176,7 +182,7 @@ class _VerifierPool:
                 busy[fresh] = (None, fresh.started + _STARTUP_TIMEOUT_S)
 
         try:
-            for worker in workers:
+            for worker in list(workers):
                 selector.register(worker, selectors.EVENT_READ, worker)
                 if worker.ready:
                     dispatch(worker)
@@ -189,12 +195,13 @@ class _VerifierPool:
                     lines = worker.read_lines()
                     if lines is None:  # died: a crash inside sympy, or killed for memory
                         index, _ = busy.pop(worker, (None, 0.0))
-                        if index is None and not worker.ready:
+                        if not worker.ready:
                             raise RuntimeError(
                                 "the math-verification worker failed to start: "
                                 f"`{sys.executable} -m archer.rewards._math_worker` must import math_verify"
                             )
-                        logger.warning("math verification worker died on answer %r; scored 0", jobs[index][0])
+                        if index is not None:
+                            logger.warning("math verification worker died on answer %r; scored 0", jobs[index][0])
                         replace(worker)
                         continue
                     for line in lines:
@@ -298,7 +305,7 @@ def verify_math(answer_text: str | None, gold: str, timeout_s: float = DEFAULT_T
 
     Safe to call from any thread; a check that takes longer than ``timeout_s`` scores 0.0.
     """
-    return verify_many([(answer_text, gold)], timeout_s)[0]
+    return verify_many([(answer_text, "" if gold is None else str(gold))], timeout_s)[0]
 
 
 def math_reward(
@@ -311,7 +318,7 @@ def math_reward(
     if len(completions) != len(solution):
         raise ValueError(f"math_reward got {len(completions)} completions but {len(solution)} solutions")
     answers = [extract_boxed_answer(completion_text(c)) for c in completions]
-    golds = [str(g) for g in solution]
+    golds = ["" if g is None else str(g) for g in solution]
     results = verify_many(list(zip(answers, golds, strict=True)), timeout_s)
     unparsable: dict[str, list[int]] = {}
     for i, value in enumerate(results):

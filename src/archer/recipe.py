@@ -84,9 +84,9 @@ class DataArgs:
         default_factory=dict, metadata={"help": "Built-in task settings (archer.data.arithmetic.ArithmeticTask)."}
     )
     heldout_examples: int = field(
-        default=500, metadata={"help": "Built-in tasks: held-out problems scored before and after RL (0: skip)."}
+        default=500,
+        metadata={"help": "Built-in tasks: problems of the task's reserved held-out set scored before and after RL."},
     )
-    heldout_seed: int = field(default=12345, metadata={"help": "Seed of the held-out problems."})
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -185,6 +185,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         sft = build_dataclass(SFTConfig, raw["sft"], path, "sft")
     if model.is_tiny and not data.is_builtin:
         raise UserError(f"{path}: data.dataset: the tiny model only knows the built-in tasks {BUILTIN_DATASETS}")
+    if data.is_builtin:
+        _check_builtin_task(data, path)
     return Recipe(path=path, model=model, data=data, objective=objective, trainer=trainer, sft=sft, raw=raw)
 
 
@@ -279,6 +281,19 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
     if not isinstance(raw[block], dict):
         raise UserError(f"{path}: block {block!r} must be a mapping")
     raw[block][name] = yaml.safe_load(value)
+
+
+def _check_builtin_task(data: DataArgs, path: Path) -> None:
+    from archer.data.arithmetic import ArithmeticTask
+
+    task = build_dataclass(ArithmeticTask, data.task, path, "data.task")
+    if data.heldout_examples > task.heldout_size:
+        raise UserError(
+            f"{path}: data.heldout_examples={data.heldout_examples}: at most the reserved held-out set's size, "
+            f"data.task.heldout_size={task.heldout_size}"
+        )
+    if data.seed == task.heldout_seed:
+        raise UserError(f"{path}: data.seed={data.seed}: equals data.task.heldout_seed; training draws need another")
 
 
 def _check_paths(model: ModelArgs, data: DataArgs, path: Path) -> None:

@@ -54,6 +54,8 @@ class ArcherConfig(GRPOConfig):
         self.beta = max(objective.knowledge_kl, objective.reasoning_kl)
         if self.bf16 is None:  # TRL's default is bf16 everywhere; on a machine without bf16 support use float32
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to; silences a warning per epoch
         super().__post_init__()
 
     def objective_config(self) -> ObjectiveConfig:

@@ -74,7 +74,10 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
             **sft_summary,
         }
         if recipe.model.is_tiny and recipe.data.heldout_examples:
-            summary["heldout_accuracy_after"] = _heldout_accuracy(recipe, out)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+            summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
         (out / TRAIN_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
     state.wait_for_everyone()
     return summary
@@ -95,10 +98,7 @@ def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any
             model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task)
             summary = {"sft": stats}
             if recipe.data.heldout_examples:
-                summary["heldout_accuracy_before"] = tiny.heldout_accuracy(
-                    model, tokenizer, task, n=recipe.data.heldout_examples, seed=recipe.data.heldout_seed
-                )
-                logger.info("held-out accuracy after SFT: %.1f%%", 100 * summary["heldout_accuracy_before"])
+                summary.update(_heldout(recipe, model, tokenizer, "before"))
             (sft_dir / SFT_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
     return str(sft_dir), json.loads((sft_dir / SFT_RESULTS).read_text())
 
@@ -178,18 +178,18 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs)
     return trainer
 
 
-def _heldout_accuracy(recipe: Recipe, out: Path) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _heldout(recipe: Recipe, model, tokenizer, when: str) -> dict[str, float]:
+    """Greedy accuracy on the task's reserved held-out problems (never drawn for training)."""
     from archer import tiny
 
-    model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(str(out))
-    acc = tiny.heldout_accuracy(
-        model, tokenizer, _task(recipe), n=recipe.data.heldout_examples, seed=recipe.data.heldout_seed
+    result = tiny.evaluate_heldout(model, tokenizer, _task(recipe), n=recipe.data.heldout_examples)
+    logger.info(
+        "held-out accuracy %s RL: %.1f%% (%.0f%% of answers show their working)",
+        when,
+        100 * result.accuracy,
+        100 * result.worked_frac,
     )
-    logger.info("held-out accuracy after RL: %.1f%%", 100 * acc)
-    return acc
+    return {f"heldout_accuracy_{when}": result.accuracy, f"heldout_worked_frac_{when}": result.worked_frac}
 
 
 def _device_name() -> str:

@@ -37,11 +37,26 @@ def run(args: argparse.Namespace) -> int:
 
     from archer.training import run_training
 
-    logging.getLogger("archer").setLevel(logging.INFO)
+    quiet_third_party()
     summary = run_training(recipe, resume=not args.no_resume)
     if summary:
         print(format_summary(summary, recipe.trainer.output_dir))
     return 0
+
+
+def quiet_third_party() -> None:
+    """Keep the console to our progress bars and step lines: no per-file loading bars, no deprecation notes
+    about calls made inside TRL (pinned, so they cannot be acted on by the user)."""
+    import warnings
+
+    import huggingface_hub
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # also turns off the Hub's download bars...
+    huggingface_hub.utils.enable_progress_bars()  # ...which a multi-GB model download needs
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*(gradient|activation)_checkpointing.*")
+    logging.getLogger("archer").setLevel(logging.INFO)
 
 
 def format_summary(summary: dict, output_dir: str) -> str:

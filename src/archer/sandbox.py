@@ -2,10 +2,11 @@
 
 Each run gets private user, PID, network, IPC, UTS and cgroup namespaces; a read-only root file system holding
 only ``/usr`` and the Python runtime; fresh size-limited tmpfs at ``/tmp`` and ``/dev/shm``; a minimal read-only
-``/dev`` and its own ``/proc``; an environment with nothing but ``PATH`` and ``LANG``; no capabilities; a non-root
-uid; and rlimits on address space, CPU time, processes, file size and open files. The parent enforces the wall-clock limit and the
-output cap, and on either kills the whole sandbox: bwrap is PID 1 of the sandbox's PID namespace, so when it
-dies the kernel kills every process inside, including children that called ``setsid``.
+``/dev`` and its own ``/proc``; an environment with nothing but ``PATH``, ``LANG`` and ``PWD``; no capabilities;
+a non-root uid; and rlimits on address space, CPU time, processes, file size and open files. The parent
+enforces the wall-clock limit and the output cap, and on either kills the whole sandbox: bwrap is PID 1 of the
+sandbox's PID namespace, so when it dies the kernel kills every process inside, including children that called
+``setsid``.
 
 RLIMIT_NPROC is ignored for processes whose real uid is root, even inside a user namespace. So when we run as
 root, bwrap itself is started as ``nobody`` (65534): the sandboxed processes are then non-root on the host too,
@@ -132,9 +133,13 @@ def _runtime() -> _Runtime:
         if _RUNTIME is None:
             try:
                 runtime = _find_runtime()
-                probe = _run(runtime, "print('ok')", b"", 30.0, 256, 8, 1, 1 << 10, 4)
+                try:
+                    probe = _run(runtime, "print('ok')", b"", 30.0, 256, 8, 1, 1 << 10, 4)
+                except OSError as err:  # e.g. not allowed to switch to the sandbox uid
+                    raise _install_hint(f"starting bwrap failed: {err}") from None
                 if probe.stdout.strip() != "ok":
-                    raise _install_hint(f"a test run failed: {probe.stderr.strip().splitlines()[-1:] or probe}")
+                    last_line = (probe.stderr.strip().splitlines() or [repr(probe)])[-1]
+                    raise _install_hint(f"a test run failed: {last_line}")
                 _RUNTIME = runtime
             except SandboxUnavailable as err:
                 _RUNTIME = err

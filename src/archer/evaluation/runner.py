@@ -158,7 +158,8 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[tuple[
     prepared = []
     for spec in suite.tasks:
         if spec.task not in configs:
-            raise UserError(f"{suite.path}: task {spec.short_name!r} is not in {suite.module}")
+            valid = ", ".join(name.removeprefix("archer:") for name in configs)
+            raise UserError(f"{suite.path}: unknown task {spec.short_name!r} (not in {suite.module}); valid: {valid}")
         limit = request.limit or spec.limit
         spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
         config = configs[spec.task]

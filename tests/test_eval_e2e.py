@@ -1,0 +1,138 @@
+"""End to end: `archer eval` (what `make eval` runs) on a locally built tiny model, transformers backend, offline."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from archer.cli import main
+from archer.evaluation.metrics import aggregate
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "eval" / "archer_tasks.py"
+pytestmark = pytest.mark.slow
+
+
+def save_tiny(path: Path, seed: int, heldout: int = 6, sft_steps: int = 0) -> Path:
+    from archer import tiny
+    from archer.data.arithmetic import ArithmeticTask
+
+    tokenizer = tiny.build_tokenizer()
+    model = tiny.build_model(tokenizer, tiny.TinyModelConfig(), seed=seed)
+    if sft_steps:  # a few steps: the model now writes differently from its random initialisation
+        tiny.run_sft(
+            model, tokenizer, ArithmeticTask(), tiny.SFTConfig(steps=sft_steps, batch_size=16, warmup_steps=0)
+        )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "config.yaml").write_text(f"data:\n  heldout_examples: {heldout}\n  heldout_seed: 4242\n")
+    return path
+
+
+def write_suite(path: Path, body: str) -> Path:
+    path.write_text(f"name: {path.stem}\nmodule: {MODULE}\n{body}")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_dirs(model_dir: Path) -> list[Path]:
+    return sorted(p for p in (model_dir / "eval").iterdir()) if (model_dir / "eval").exists() else []
+
+
+def test_default_make_eval_on_newest_run(workdir, capsys):
+    older = save_tiny(workdir / "outputs" / "old-run", seed=1)
+    run = save_tiny(workdir / "outputs" / "tiny-archer", seed=0)
+    os.utime(older / "config.json", (1, 1))  # the older run must not be picked
+    assert main(["eval", "--suite", str(ROOT / "eval" / "suites" / "tiny.yaml"), "--limit", "3"]) == 0
+    assert not run_dirs(older)
+    (out,) = run_dirs(run)
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1
+    assert results["model"] == {"name_or_path": str(Path("outputs") / "tiny-archer"), "local": True}
+    assert results["suite"]["name"] == "tiny" and results["protocol"]["backend"] == "transformers"
+    assert {"lighteval", "transformers", "torch", "python"} <= set(results["versions"])
+    task = results["tasks"]["arithmetic"]
+    k = task["k"]
+    assert task["num_problems"] == 3 and task["num_samples"] == 3 * k and task["prompt_style"] == "raw"
+
+    details = [json.loads(line) for line in (out / task["details"]).read_text().splitlines()]
+    assert len(details) == 3
+    from archer.data.arithmetic import ArithmeticTask
+    from archer.rewards import math_reward
+
+    # the trainer's held-out problems of this run (its config.yaml), graded by the training reward
+    problems = ArithmeticTask().heldout(6, 4242)[:3]
+    assert [d["prompt"] for d in details] == [p.prompt for p in problems]
+    for row, problem in zip(details, problems, strict=True):
+        assert len(row["completions"]) == k and row["gold"] == problem.solution
+        regraded = [float(r or 0.0) for r in math_reward(row["completions"], solution=[row["gold"]] * k)]
+        assert row["scores"] == regraded
+    assert task["metrics"] == pytest.approx(aggregate([d["scores"] for d in details], [1, 4]))
+    table = (out / "results.md").read_text()
+    assert "| arithmetic | 8 | 3 |" in table
+    assert table in capsys.readouterr().out
+
+
+def test_each_run_decodes_its_own_checkpoint(workdir):
+    model = save_tiny(workdir / "outputs" / "ckpt", seed=0)
+    suite = write_suite(
+        workdir / "greedy.yaml",
+        "defaults: {temperature: 0, max_new_tokens: 12, prompt_style: raw}\ntasks: [arithmetic]\n",
+    )
+
+    def completions() -> list[str]:
+        out = run_dirs(model)[-1]
+        return [json.loads(line)["completions"][0] for line in (out / "details" / "arithmetic.jsonl").open()]
+
+    assert main(["eval", "--model", str(model), "--suite", str(suite)]) == 0
+    first = completions()
+    assert main(["eval", "--model", str(model), "--suite", str(suite)]) == 0
+    assert completions() == first and len(run_dirs(model)) == 2  # greedy: same weights, same text; fresh folder
+    save_tiny(model, seed=0, sft_steps=40)  # new weights, same config
+    assert main(["eval", "--model", str(model), "--suite", str(suite)]) == 0
+    assert len(run_dirs(model)) == 3 and completions() != first
+
+
+def test_hub_style_output_dir_for_non_run_models(workdir):
+    model = save_tiny(workdir / "elsewhere" / "m", seed=0)
+    suite = write_suite(
+        workdir / "s.yaml", "defaults: {k: 2, max_new_tokens: 8, prompt_style: raw}\ntasks: [arithmetic]\n"
+    )
+    out_parent = workdir / "results"
+    assert main(["eval", "--model", str(model), "--suite", str(suite), "--output-dir", str(out_parent)]) == 0
+    (out,) = list(out_parent.iterdir())
+    assert out.name.startswith("s-") and (out / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("suite_body", "args", "message"),
+    [
+        ("tasks: [{task: aime26}]", [], "unknown task 'aime26'"),
+        ("tasks: [{task: arithmetic, k: many}]", [], "tasks[0].k: expected a positive integer, got 'many'"),
+        (
+            "tasks: [arithmetic]",
+            ["--model", "outputs/no-such-run"],
+            "--model outputs/no-such-run: no such model folder",
+        ),
+        ("tasks: [arithmetic]", ["--backend", "tpu"], "--backend 'tpu'"),
+        ("tasks: [arithmetic]", ["--data", "aime26=x.jsonl"], "--data aime26: unknown task"),
+        ("tasks: [{task: aime24, data: missing.jsonl}]", [], "does not exist"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, suite_body, args, message):
+    model = save_tiny(workdir / "outputs" / "run", seed=0)
+    suite = write_suite(workdir / "bad.yaml", suite_body)
+    before = sorted(p for p in workdir.rglob("*"))
+    argv = ["eval", "--suite", str(suite), *args]
+    if "--model" not in args:
+        argv += ["--model", str(model)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert sorted(p for p in workdir.rglob("*")) == before

@@ -364,7 +364,7 @@ def _weights(
     (N_class) counts the class's tokens in response i (in the micro-batch); an empty class gets no weight.
     pg_on_reasoning_only then zeroes w on knowledge tokens (the KL weights are unaffected).
     """
-    responses = nonempty.sum().clamp(min=1)
+    responses = nonempty.sum().to(valid_f.dtype).clamp(min=1)
     if cfg.aggregation == "token-mean":
         pg_weight = valid_f / n_tokens.sum().clamp(min=1)
     elif cfg.aggregation == "seq-mean-token-mean":
@@ -415,7 +415,8 @@ def _metrics(
     lowered_all = torch.count_nonzero(lowered, dim=-1).to(dtype)  # per response
     lowered_reasoning = torch.count_nonzero(lowered & reasoning, dim=-1).to(dtype)
     zero = torch.zeros((), dtype=dtype, device=ratio.device)
-    kl_all = zero if kl is None else kl.sum()
+    knowledge_f = valid_f - reasoning_f
+    kl_knowledge = zero if kl is None else torch.dot(kl.reshape(-1), knowledge_f.reshape(-1))
     kl_reasoning = zero if kl is None else torch.dot(kl.reshape(-1), reasoning_f.reshape(-1))
     threshold = torch.where(nonempty, tau, 0.0).sum() / nonempty.sum().clamp(min=1) if tau.shape[0] > 1 else tau
     sums = torch.stack(
@@ -427,9 +428,9 @@ def _metrics(
             torch.dot(lowered_all, positive.view(-1)),
             torch.dot(lowered_reasoning, positive.view(-1)),
             torch.dot(lowered_all, negative.view(-1)),
-            torch.dot(ratio.reshape(-1), valid_f.reshape(-1)),
+            torch.dot(ratio.reshape(-1), knowledge_f.reshape(-1)),
             torch.dot(ratio.reshape(-1), reasoning_f.reshape(-1)),
-            kl_all,
+            kl_knowledge,
             kl_reasoning,
             torch.dot(entropies.reshape(-1), valid_f.reshape(-1)),
             torch.nan_to_num(threshold.reshape(()), nan=0.0),
@@ -437,7 +438,7 @@ def _metrics(
             zero if kl_loss is None else kl_loss.detach(),
         ]
     ).tolist()
-    n, r_n, low, r_low, high, r_high, dual, ratio_sum, r_ratio, kl_sum, r_kl, ent_sum, tau_mean, pg, kl_part = sums
+    n, r_n, low, r_low, high, r_high, dual, k_ratio, r_ratio, k_kl, r_kl, ent_sum, tau_mean, pg, kl_part = sums
     k_n = n - r_n
 
     def frac(num: float, den: float) -> float:
@@ -452,12 +453,12 @@ def _metrics(
         "knowledge/clip_low_frac": frac(low - r_low, k_n),
         "knowledge/clip_high_frac": frac(high - r_high, k_n),
         "reasoning/ratio_mean": frac(r_ratio, r_n),
-        "knowledge/ratio_mean": frac(ratio_sum - r_ratio, k_n),
+        "knowledge/ratio_mean": frac(k_ratio, k_n),
         "dual_clip_frac": frac(dual, n),
         "loss/policy": pg,
         "loss/kl": kl_part,
     }
     if kl is not None:
         metrics["reasoning/kl"] = frac(r_kl, r_n)
-        metrics["knowledge/kl"] = frac(kl_sum - r_kl, k_n)
+        metrics["knowledge/kl"] = frac(k_kl, k_n)
     return metrics

@@ -138,6 +138,8 @@ def masked_quantile(values: Tensor, valid: Tensor, q: float) -> Tensor:
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q}")
     x = values.detach().to(_accumulation_dtype(values.dtype))
+    if x.shape[-1] == 0:
+        return torch.full(x.shape[:-1], torch.nan, dtype=x.dtype, device=x.device)
     valid_f = valid.to(x.dtype) if valid.dtype in (torch.bool, x.dtype) else (valid != 0).to(x.dtype)
     count = valid_f.sum(-1)
     # Ranks exactly as torch computes them: q (in x's dtype) * (count - 1); the value below sits at floor(rank).

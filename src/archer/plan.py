@@ -376,21 +376,8 @@ def describe(
     UserError on settings that cannot run.
     """
     args = recipe.trainer
-    world = num_processes or int(os.environ.get("WORLD_SIZE", "1"))
-    prompt_bound = _max_prompt_length(args)
-    raw = (getattr(recipe, "raw", None) or {}).get("trainer") or {}
-    plan = plan_batches(
-        num_processes=world,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length,
-        # GRPOConfig has filled both in for its own world size: re-derive from the one the recipe sets.
-        generation_batch_size=raw.get("generation_batch_size"),
-        steps_per_generation=raw.get("steps_per_generation"),
-        num_iterations=args.num_iterations,
-        max_prompt_length=prompt_bound,
-    )
+    plan = plan_recipe(recipe, num_processes)
+    world, prompt_bound = plan.num_processes, plan.max_prompt_length
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
     lines += _effective_config(recipe, objective)
@@ -437,6 +424,24 @@ def describe(
         if args.use_vllm:
             lines += _vllm_lines(shape, args, dtype_bytes, gpu_memory_gib, prompt_bound)
     return "\n".join(lines)
+
+
+def plan_recipe(recipe: Any, num_processes: int | None = None) -> BatchPlan:
+    """The batch plan of a recipe on ``num_processes`` training processes (default: this launch's world size)."""
+    args = recipe.trainer
+    raw = (getattr(recipe, "raw", None) or {}).get("trainer") or {}
+    return plan_batches(
+        num_processes=num_processes or int(os.environ.get("WORLD_SIZE", "1")),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        # GRPOConfig has filled both in for its own world size: re-derive from what the recipe sets.
+        generation_batch_size=raw.get("generation_batch_size"),
+        steps_per_generation=raw.get("steps_per_generation"),
+        num_iterations=args.num_iterations,
+        max_prompt_length=_max_prompt_length(args),
+    )
 
 
 def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Any:

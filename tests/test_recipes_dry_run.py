@@ -1,0 +1,175 @@
+"""Every recipe in the repo passes the dry run offline; the paper recipes hold the paper's numbers; the launch
+configs and scripts agree with them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from archer.errors import UserError
+from archer.plan import describe, load_recipe_for_plan, plan_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+GPU_RECIPES = [p for p in RECIPES if "tiny" not in p.parts]
+PAPER_RECIPES = [p for p in GPU_RECIPES if "DeepSeek-R1-Distill-Qwen-1.5B" in p.parts]
+ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "recipes"))
+
+
+def test_the_recipes_are_there():
+    names = {_id(p) for p in GPU_RECIPES}
+    for run in ("archer/math", "archer/code", "dapo/math", "dapo/code"):
+        assert f"DeepSeek-R1-Distill-Qwen-1.5B/{run}.yaml" in names
+    assert any(name.startswith("Qwen3-4B") for name in names)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=_id)
+def test_every_recipe_passes_the_dry_run(path):
+    recipe = load_recipe_for_plan(path)
+    world = 1 if recipe.model.is_tiny else 8
+    text = describe(recipe, num_processes=world)
+    assert "batch arithmetic" in text and "optimizer steps per rollout" in text
+    assert "DOES NOT FIT" not in text
+    assert "memory per GPU" in text
+
+
+@pytest.mark.parametrize("path", PAPER_RECIPES, ids=_id)
+def test_paper_recipes_hold_the_paper_numbers(path):
+    recipe = load_recipe_for_plan(path)
+    args = recipe.trainer
+    plan = plan_recipe(recipe, num_processes=8)
+    assert (plan.prompts_per_rollout, plan.num_generations, plan.generation_batch_size) == (64, 16, 1024)
+    assert plan.responses_per_optimizer_step == 512  # mini-batch of 32 prompts
+    assert plan.num_iterations == 3 and plan.optimizer_steps_per_rollout == 6
+    assert plan.max_prompt_length == 2048 and plan.max_completion_length == 32768
+    assert args.learning_rate == 1e-6 and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
+    assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.999)
+    assert args.lr_scheduler_type.value == "constant_with_warmup" and args.warmup_steps == 10 * 6
+    assert (args.temperature, args.top_p, args.top_k) == (1.0, 1.0, 0)
+    assert args.drop_uniform_groups
+    paper_steps = 320 if path.stem == "code" else 520
+    assert args.max_steps == paper_steps * 6
+    assert args.objective == path.parent.name  # archer/ or dapo/
+    if path.stem == "code":
+        assert recipe.data.rewards == ["code"] and recipe.data.max_tests == 16
+    else:
+        assert recipe.data.rewards == ["math"]
+
+
+@pytest.mark.parametrize(("gpus", "accumulation"), [(16, 8), (32, 4), (64, 2)])
+def test_scaling_out_keeps_the_mini_batch(gpus, accumulation):
+    recipe = load_recipe_for_plan(PAPER_RECIPES[0], [f"trainer.gradient_accumulation_steps={accumulation}"])
+    plan = plan_recipe(recipe, num_processes=gpus)
+    assert plan.responses_per_optimizer_step == 512 and plan.optimizer_steps_per_rollout == 6
+    assert "fits" in describe(recipe, num_processes=gpus)
+
+
+def test_impossible_settings_fail_clearly():
+    with pytest.raises(UserError, match="generation_batch_size=1024: must divide"):
+        describe(load_recipe_for_plan(PAPER_RECIPES[0]), num_processes=6)
+    too_long = load_recipe_for_plan(PAPER_RECIPES[0], ["trainer.vllm_max_model_length=1000"])
+    with pytest.raises(UserError, match="leaves no room for a prompt"):
+        describe(too_long, num_processes=8)
+    starved = load_recipe_for_plan(PAPER_RECIPES[0], ["trainer.vllm_gpu_memory_utilization=0.05"])
+    with pytest.raises(UserError, match="vLLM: 4.0 GiB reserved cannot hold"):
+        describe(starved, num_processes=8)
+    qwen3 = load_recipe_for_plan(next(p for p in GPU_RECIPES if "Qwen3-4B" in p.parts))
+    with pytest.raises(UserError, match="4.02B parameters need 60 GiB per GPU"):
+        describe(qwen3, num_processes=1, gpu_memory_gib=40)
+
+
+def test_accelerate_configs_parse_and_match_the_recipes():
+    configs = {p.stem: load_config_from_file(str(p)) for p in ACCELERATE}
+    for name in ("zero3", "multi_node_zero3", "ddp"):
+        config = configs[name]
+        assert config.mixed_precision == "bf16" and not config.use_cpu
+        world = config.num_processes
+        for path in GPU_RECIPES:  # the recipes' batch arithmetic works at each config's size
+            recipe = load_recipe_for_plan(path, [f"trainer.gradient_accumulation_steps={16 * 8 // world}"])
+            assert plan_recipe(recipe, world).responses_per_optimizer_step == 512
+    assert configs["zero3"].deepspeed_config["zero_stage"] == 3 and configs["zero3"].num_machines == 1
+    assert configs["multi_node_zero3"].num_machines > 1
+    for path in (ROOT / "recipes" / "deepspeed").glob("*.json"):
+        json.loads(path.read_text())
+
+
+def _fake_bin(tmp_path: Path, commands: dict[str, str]) -> dict[str, str]:
+    """A PATH whose commands print how they were called (and python is the real one)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in commands.items():
+        script = bin_dir / name
+        script.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        script.chmod(0o755)
+    if not (bin_dir / "python").exists():
+        (bin_dir / "python").symlink_to(sys.executable)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable, "VENV": "/nonexistent"}
+
+
+def test_serve_vllm_script_reads_the_recipe(tmp_path):
+    env = _fake_bin(tmp_path, {"trl": 'echo "trl $*"'})
+    env.update(CUDA_VISIBLE_DEVICES="4,5,6,7", VLLM_PORT="8123")
+    out = subprocess.run(
+        ["bash", "slurm/serve_vllm.sh", str(PAPER_RECIPES[0]), "--enforce_eager", "true"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    command = out.strip().splitlines()[-1].split()
+    assert command[:4] == ["trl", "vllm-serve", "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"]
+    flags = dict(zip(command[4::2], command[5::2], strict=False))
+    assert flags["--data_parallel_size"] == "4" and flags["--tensor_parallel_size"] == "1"
+    assert flags["--max_model_len"] == "34816" and flags["--port"] == "8123"
+    assert flags["--enforce_eager"] == "true"
+    env["VLLM_TP"] = "8"
+    failed = subprocess.run(["bash", "slurm/serve_vllm.sh", str(PAPER_RECIPES[0])], cwd=ROOT, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert failed.returncode == 2 and "needs more than 4 GPUs" in failed.stderr
+
+
+def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    env = _fake_bin(
+        tmp_path,
+        {
+            "scontrol": "printf '%s\\n' " + " ".join(nodes),
+            "srun": 'args="$*"; echo "srun ${args//$\'\\n\'/ }" >> "$LOG"',  # one line per call
+            "archer": 'echo "archer $*" >> "$LOG"',
+        },
+    )
+    env.update(SLURM_JOB_NODELIST=",".join(nodes), SLURM_JOB_ID="7", LOG=str(tmp_path / "calls"), **extra_env)
+    return subprocess.run(
+        ["bash", str(ROOT / "slurm" / "train.slurm"), str(PAPER_RECIPES[0]), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_slurm_script_scales_accumulation_and_places_the_vllm_server(tmp_path):
+    result = _slurm(tmp_path, ["n1", "n2", "n3", "n4"], {})
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0].startswith("archer train --dry-run --num-processes 32 ")
+    assert calls[0].endswith("trainer.gradient_accumulation_steps=4")  # 16 x 8 / 32: still 512 per step
+    assert calls[1].startswith("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --nodelist=n1,n2,n3,n4")
+    assert " 4 32 n1 29500 " in calls[1]
+
+    (tmp_path / "calls").unlink()
+    result = _slurm(tmp_path, ["n1", "n2", "n3"], {"VLLM_SERVER": "1"}, "trainer.max_steps=12")
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    server = next(c for c in calls if "serve_vllm.sh" in c)
+    assert "--nodelist=n3" in server
+    dry_run = next(c for c in calls if c.startswith("archer"))
+    assert "--num-processes 16 " in dry_run and "trainer.vllm_mode=server" in dry_run
+    assert "trainer.vllm_server_host=n3" in dry_run and "trainer.gradient_accumulation_steps=8" in dry_run
+    assert "trainer.max_steps=12" in dry_run
+
+    result = _slurm(tmp_path, ["n1", "n2", "n3"], {})  # 24 GPUs: 512 responses do not split evenly
+    assert result.returncode == 2 and "cannot keep the mini-batch on 24 GPUs" in result.stderr

@@ -43,14 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: model replicas")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM: fraction of GPU memory")
     parser.add_argument("--max-model-length", type=int, default=None, help="vLLM: context length")
-    parser.add_argument("--grade-workers", type=int, default=2, help="sandboxed programs graded at once")
 
 
 def run(args: argparse.Namespace) -> int:
     from archer.evaluation.backends import BackendOptions
     from archer.evaluation.runner import EvalRequest, evaluate
 
-    for flag in ("limit", "batch_size", "tensor_parallel_size", "data_parallel_size", "grade_workers"):
+    for flag in ("limit", "batch_size", "tensor_parallel_size", "data_parallel_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {value}")
@@ -61,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         limit=args.limit,
         data=dict(args.data),
-        grade_workers=args.grade_workers,
         backend_options=BackendOptions(
             dtype=args.dtype,
             batch_size=args.batch_size,

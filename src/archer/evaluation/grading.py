@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,6 @@ class GradingOptions:
 
     code_timeout_s: float | None = field(default=None, metadata={"help": "wall-clock limit per test run"})
     code_memory_mb: int | None = field(default=None, metadata={"help": "address-space limit of the program"})
-    workers: int = field(default=2, metadata={"help": "sandboxed programs run at once"})
 
 
 def grade(
@@ -60,21 +58,14 @@ def _grade_math(gold: str, completions: Sequence[str]) -> list[SampleScore]:
 def _grade_code(
     tests: Sequence[Mapping[str, Any]], fn_name: str | None, completions: Sequence[str], options: GradingOptions
 ) -> list[SampleScore]:
-    from archer.rewards import extract_code, grade_code
+    # code_reward is the training reward with every test (max_tests=None); it runs the k programs in parallel
+    # sandboxes (ARCHER_SANDBOX_WORKERS) and raises SandboxUnavailable (a UserError) without bubblewrap.
+    from archer.rewards import code_reward, extract_code
 
     limits = {
         key: value
         for key, value in (("timeout_s", options.code_timeout_s), ("memory_mb", options.code_memory_mb))
         if value is not None
     }
-    codes = [extract_code(text) for text in completions]
-
-    def run_one(code: str | None) -> SampleScore:
-        if not code:
-            return SampleScore(0.0, code)
-        result = grade_code(code, list(tests), fn_name=fn_name, **limits)
-        return SampleScore(1.0 if result.passed else 0.0, code)
-
-    # Each grade is a sandboxed subprocess: threads only wait on it.
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        return list(pool.map(run_one, codes))
+    rewards = code_reward(list(completions), tests=[list(tests)] * len(completions), fn_name=fn_name, **limits)
+    return [SampleScore(float(r or 0.0), extract_code(text)) for r, text in zip(rewards, completions, strict=True)]

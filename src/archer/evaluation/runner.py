@@ -50,7 +50,6 @@ class EvalRequest:
     limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})
     data: dict[str, str] = field(default_factory=dict, metadata={"help": "task -> local data path"})
     backend_options: BackendOptions = field(default_factory=BackendOptions)
-    grade_workers: int = field(default=2, metadata={"help": "sandboxed programs graded at once"})
     runs_root: Path = field(default=RUNS_ROOT, metadata={"help": "where run folders (and outputs/eval) live"})
 
 
@@ -166,8 +165,10 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[tuple[
         rows = load_rows(config, spec.data, generators, model.name_or_path if model.local else None)[: spec.limit]
         docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
         prepared.append((spec, config, docs))
-    if any(doc.specific["grader"] == "code" for _, _, docs in prepared for doc in docs) and not shutil.which("bwrap"):
-        raise UserError("LiveCodeBench tasks grade code in a bubblewrap sandbox: install `bubblewrap` (bwrap)")
+    if any(doc.specific["grader"] == "code" for _, _, docs in prepared for doc in docs):
+        from archer.sandbox import ensure_sandbox
+
+        ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
     return prepared
 
 
@@ -203,7 +204,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     print(f"archer eval: backend {backend_name}, model {model.name_or_path}, suite {suite.name}", file=sys.stderr)
     backend = _load_backend(backend_name, model, options, out_dir)
 
-    grading = GradingOptions(workers=request.grade_workers)
+    grading = GradingOptions()
     tasks, details = {}, {}
     for spec, _, docs in prepared:
         prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
@@ -212,7 +213,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         completions = backend.generate(ids, sampling, desc=spec.short_name)
         generation_s = time.perf_counter() - t_gen
         task_grading = replace(grading, code_timeout_s=spec.code_timeout_s, code_memory_mb=spec.code_memory_mb)
-        metrics, details[spec.short_name] = _score(spec, docs, prompts, completions, task_grading)
+        metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, task_grading)
         tasks[spec.short_name] = {
             "task": spec.task,
             **spec.protocol(),
@@ -249,12 +250,3 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     write_run(out_dir, results, details)
     shutil.rmtree(out_dir.with_name(out_dir.name + ".cache"), ignore_errors=True)
     return out_dir, results
-
-
-def _score(spec, docs, prompts, completions, grading):
-    try:
-        return score_task(spec, docs, prompts, completions, grading)
-    except Exception as err:
-        if type(err).__name__ == "SandboxUnavailable":
-            raise UserError(f"task {spec.short_name}: {err}") from None
-        raise

@@ -93,6 +93,24 @@ class _Runtime:
     bwrap: str
     python: str
     binds: tuple[str, ...]  # host directories mounted read-only at the same path
+    options: frozenset[str] = frozenset()  # optional bwrap options this version knows
+
+    def has(self, option: str) -> bool:
+        return option in self.options
+
+
+_OPTIONAL = ("--disable-userns", "--size")  # bubblewrap 0.8 and 0.7; Ubuntu 22.04 ships 0.6
+
+
+def _bwrap_options(bwrap: str) -> frozenset[str]:
+    try:
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise _install_hint(f"`{bwrap} --help` failed: {err}") from None
+    options = frozenset(o for o in _OPTIONAL if o in usage.stdout + usage.stderr)
+    for missing in sorted(set(_OPTIONAL) - options):
+        logger.warning("sandbox: this bubblewrap lacks %s (upgrade to >= 0.8 for the full set of limits)", missing)
+    return options
 
 
 _RUNTIME: _Runtime | SandboxUnavailable | None = None
@@ -120,7 +138,7 @@ def _find_runtime() -> _Runtime:
         binds = () if str(python).startswith("/usr/") else (str(prefix),)
         if python != candidates[0]:
             logger.info("sandbox: running %s (the sandbox user cannot read %s)", python, candidates[0])
-        return _Runtime(bwrap=bwrap, python=str(python), binds=binds)
+        return _Runtime(bwrap=bwrap, python=str(python), binds=binds, options=_bwrap_options(bwrap))
     raise SandboxUnavailable(
         f"no Python interpreter readable by the sandbox user: tried {', '.join(map(str, candidates))}"
     )
@@ -179,7 +197,9 @@ exec(compile(_src, {path!r}, "exec"), {{"__name__": "__main__", "__file__": {pat
 
 
 def _bwrap_argv(runtime: _Runtime, code_fd: int, limits: list[tuple[int, int]], tmpfs_bytes: int) -> list[str]:
-    argv = [runtime.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY)]
+    argv = [runtime.bwrap, "--unshare-all", "--unshare-user", "--uid", str(NOBODY)]
+    if runtime.has("--disable-userns"):  # no nested user namespaces (the kernel surface they open)
+        argv.append("--disable-userns")
     argv += ["--gid", str(NOBODY), "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     argv += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
     argv += ["--ro-bind", "/usr", "/usr"]
@@ -190,8 +210,9 @@ def _bwrap_argv(runtime: _Runtime, code_fd: int, limits: list[tuple[int, int]], 
             argv += ["--ro-bind", name, name]
     for path in runtime.binds:
         argv += ["--ro-bind", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
-    argv += ["--size", str(tmpfs_bytes), "--tmpfs", "/tmp", "--file", str(code_fd), _CODE_PATH]
+    size = ["--size", str(tmpfs_bytes)] if runtime.has("--size") else []
+    argv += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm"]
+    argv += [*size, "--tmpfs", "/tmp", "--file", str(code_fd), _CODE_PATH]
     # Only the two sized tmpfs stay writable: an unsized one would let the code fill the host's memory.
     argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
     launcher = _LAUNCHER.format(limits=repr(limits), path=_CODE_PATH)

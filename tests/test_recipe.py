@@ -29,7 +29,6 @@ def base(tmp_path: Path, **trainer) -> dict:
             "output_dir": str(tmp_path / "out"),
             "num_generations": 4,
             "per_device_train_batch_size": 8,
-            
             "report_to": "none",
             **trainer,
         },

@@ -25,7 +25,9 @@ def tiny_model_dir(tmp_path_factory):
     from archer.data.arithmetic import ArithmeticTask
 
     out = tmp_path_factory.mktemp("tiny")
-    tiny.prepare_tiny_model(out, tiny.TinyModelConfig(), tiny.SFTConfig(steps=20, batch_size=16, warmup_steps=0), ArithmeticTask())
+    tiny.prepare_tiny_model(
+        out, tiny.TinyModelConfig(), tiny.SFTConfig(steps=20, batch_size=16, warmup_steps=0), ArithmeticTask()
+    )
     return out
 
 
@@ -39,8 +41,9 @@ def constant_reward(completions, **kwargs):
 
 
 def make_trainer(model_dir, tmp_path, reward, **overrides):
-    from archer.data.arithmetic import ArithmeticTask
     from transformers import AutoTokenizer
+
+    from archer.data.arithmetic import ArithmeticTask
 
     settings = dict(
         output_dir=str(tmp_path / "run"),
@@ -123,7 +126,14 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("config.yaml", "recipe.yaml", "config.json", "model.safetensors", "metrics.jsonl", "train_results.json"):
+    for name in (
+        "config.yaml",
+        "recipe.yaml",
+        "config.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "train_results.json",
+    ):
         assert (run / name).exists(), name
     assert read_steps(run) == [1, 2, 3, 4]
     results = json.loads((run / "train_results.json").read_text())
@@ -136,8 +146,18 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 @pytest.mark.slow
 def test_resume_after_kill_loses_and_repeats_no_step(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "archer.cli", "train", str(SMOKE), f"trainer.output_dir={run}", "trainer.max_steps=8"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "archer.cli",
+        "train",
+        str(SMOKE),
+        f"trainer.output_dir={run}",
+        "trainer.max_steps=8",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 600
     while not (run / "checkpoint-4" / "trainer_state.json").exists():
         assert proc.poll() is None, "run ended before its checkpoint"

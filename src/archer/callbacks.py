@@ -33,7 +33,11 @@ def clip_frac(logs: dict, cls: str) -> float | None:
 
 
 def format_step_line(step: int, max_steps: int, logs: dict) -> str:
-    logs = {**logs, "reasoning/clip_frac": clip_frac(logs, "reasoning"), "knowledge/clip_frac": clip_frac(logs, "knowledge")}
+    logs = {
+        **logs,
+        "reasoning/clip_frac": clip_frac(logs, "reasoning"),
+        "knowledge/clip_frac": clip_frac(logs, "knowledge"),
+    }
     parts = [f"step {step}/{max_steps}"]
     for label, key, fmt in _LINE:
         keys = key if isinstance(key, tuple) else (key,)
@@ -54,7 +58,11 @@ class MetricsFileCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= state.global_step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= state.global_step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):

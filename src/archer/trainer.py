@@ -75,6 +75,9 @@ class ArcherTrainer(GRPOTrainer):
         self._pending_keep: torch.Tensor | None = None
         logger.info("objective: %s", self.objective_config)
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """TRL writes a generic card at every checkpoint; ours (archer.card) is rendered at the end of the run."""
+
     # --- dropping groups whose rewards are all equal ------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

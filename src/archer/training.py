@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from archer.errors import UserError
 from archer.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if state.is_main_process:
+        from archer.card import write_card
         from archer.plots import plot_run
 
         trainer.processing_class.save_pretrained(str(out))
@@ -79,6 +81,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
             model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
             summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
         (out / TRAIN_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+        write_card(out)
     state.wait_for_everyone()
     return summary
 
@@ -162,7 +165,13 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs)
     if args.push_checkpoints:
         from archer.hub import CheckpointPusher
 
-        callbacks.append(CheckpointPusher.from_args(args))
+        if not args.hub_model_id:
+            raise UserError(f"{recipe.path}: trainer.push_checkpoints needs trainer.hub_model_id (org/name)")
+        callbacks.append(
+            CheckpointPusher(
+                args.hub_model_id, branch_prefix=args.checkpoint_revision_prefix, private=bool(args.hub_private_repo)
+            )
+        )
     trainer = ArcherTrainer(
         model=model_path,
         reward_funcs=reward_funcs,

@@ -1,0 +1,148 @@
+"""Trainer step: Archer (and our DAPO preset) against TRL's stock GRPOTrainer with the same settings.
+
+One optimizer step = sample a rollout with transformers' generate, score it, forward + backward, AdamW step.
+All trainers start from the same weights and train at learning rate 0 (AdamW still does all its work), and the
+RNG is re-seeded before every step, so each trainer samples exactly the same completions: the timings differ only
+by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+# name -> (hidden, layers, heads, kv heads, intermediate)
+MODELS = {
+    "tiny (embedded default, 0.13M)": (64, 2, 4, 2, 256),
+    "Qwen2-style 65M, random weights": (768, 10, 12, 4, 2048),
+}
+
+
+def _build(model_dir: Path, shape: tuple[int, ...], max_positions: int) -> int:
+    from archer import tiny
+
+    hidden, layers, heads, kv, inter = shape
+    tokenizer = tiny.build_tokenizer()
+    cfg = tiny.TinyModelConfig(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        intermediate_size=inter,
+        max_position_embeddings=max_positions,
+    )
+    model = tiny.build_model(tokenizer, cfg, seed=0)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _trainers(model_dir: Path, out: Path, batch: int, completion_len: int) -> dict:
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from archer.data.arithmetic import ArithmeticTask
+    from archer.rewards import math_reward
+    from archer.trainer import ArcherConfig, ArcherTrainer
+
+    common = dict(
+        learning_rate=0.0,
+        num_generations=4,
+        per_device_train_batch_size=batch,
+        max_completion_length=completion_len,
+        temperature=1.0,
+        max_steps=1000,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        bf16=False,
+        activation_checkpointing=False,
+        dataloader_pin_memory=False,
+    )
+    dataset = ArithmeticTask().dataset(256, seed=3)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    specs = {
+        "archer": (ArcherTrainer, ArcherConfig, dict(objective="archer")),
+        "stock GRPO (beta 0.001)": (GRPOTrainer, GRPOConfig, dict(loss_type="grpo", beta=0.001, epsilon=0.2)),
+        "archer dapo preset": (ArcherTrainer, ArcherConfig, dict(objective="dapo")),
+        "stock DAPO": (GRPOTrainer, GRPOConfig, dict(loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28)),
+    }
+    trainers = {}
+    for i, (name, (trainer_cls, config_cls, extra)) in enumerate(specs.items()):
+        args = config_cls(output_dir=str(out / str(i)), **common, **extra)
+        trainer = trainer_cls(
+            model=str(model_dir),
+            reward_funcs=[math_reward],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.create_optimizer()
+        trainers[name] = (trainer, next(iter(trainer.get_train_dataloader())))
+    return trainers
+
+
+def _step(trainer, batch, seed: int) -> float:
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    trainer.model.train()
+    trainer.training_step(trainer.model, batch, None)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def run(quick: bool = False) -> list[dict]:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    rows = []
+    models = dict(list(MODELS.items())[:1]) if quick else MODELS
+    repeats, warmup = (2, 1) if quick else (5, 1)
+    for label, shape in models.items():
+        big = shape[0] > 64
+        batch, completion_len = (16, 32) if big else (64, 40)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            n_params = _build(tmp / "model", shape, max_positions=128)
+            trainers = _trainers(tmp / "model", tmp / "runs", batch, completion_len)
+            times: dict[str, list[float]] = {name: [] for name in trainers}
+            for rep in range(warmup + repeats):
+                for name, (trainer, prompts) in trainers.items():
+                    elapsed = _step(trainer, prompts, seed=rep)
+                    if rep >= warmup:
+                        times[name].append(elapsed)
+        med = {name: statistics.median(values) for name, values in times.items()}
+        shape_note = (
+            f"{n_params / 1e6:.2f}M params, {batch} completions x {completion_len} tokens, median of {repeats}"
+        )
+        for ours, ref, target in (
+            ("archer", "stock GRPO (beta 0.001)", "<= 1.05x"),
+            ("archer dapo preset", "stock DAPO", "<= 1.05x"),
+            ("archer", "archer dapo preset", None),
+        ):
+            rows.append(
+                {
+                    "figure": f"trainer step, {label}: {ours} vs {ref}",
+                    "ours": f"{med[ours]:.3f} s",
+                    "reference": f"{med[ref]:.3f} s",
+                    "ratio": med[ours] / med[ref],
+                    "target": target,
+                    "note": shape_note,
+                }
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    from run import format_table
+
+    print(format_table(run(quick="--quick" in sys.argv)))

@@ -141,14 +141,11 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model: str, options: BackendOptions, cache_dir: str):
-        from lighteval.models.vllm.vllm_model import VLLMModel
-
-        self.model_path, self.options, self.cache_dir = model, options, cache_dir
-        self._model: VLLMModel | None = None
-        self._sampling: Sampling | None = None
         from transformers import AutoTokenizer
 
+        self.model_path, self.options, self.cache_dir = model, options, cache_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self._model = None  # lighteval's VLLMModel, built on first use
 
     def _engine(self, sampling: Sampling):
         from lighteval.models.vllm.vllm_model import VLLMModel
@@ -158,7 +155,7 @@ class VLLMBackend:
             self._model = VLLMModel(config)
         # The engine is built once; each task's sampling parameters are read from the config at generate time.
         self._model.config = config
-        self._model._cache = None  # never reuse generations across checkpoints
+        self._model._cache = None  # lighteval's sample cache is keyed on the config, not the weights: never use it
         return self._model
 
     def generate(self, prompts: Sequence[list[int]], sampling: Sampling, desc: str) -> list[list[str]]:

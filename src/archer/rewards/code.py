@@ -120,7 +120,6 @@ class _Grading:
                 self._deadline = time.monotonic() + self.budget_s
             remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            self._stop.set()
             return TestOutcome(index, False, "budget")
         limit = min(self.timeout_s, remaining)
         test = self.tests[index]

@@ -173,3 +173,13 @@ def test_slurm_script_scales_accumulation_and_places_the_vllm_server(tmp_path):
 
     result = _slurm(tmp_path, ["n1", "n2", "n3"], {})  # 24 GPUs: 512 responses do not split evenly
     assert result.returncode == 2 and "cannot keep the mini-batch on 24 GPUs" in result.stderr
+
+
+def test_tiny_recipe_plans_the_model_training_builds():
+    from archer.data.arithmetic import ArithmeticTask
+    from archer.tiny import TinyModelConfig, build_model, build_tokenizer
+
+    recipe = load_recipe_for_plan(ROOT / "recipes" / "tiny" / "archer.yaml")
+    tokenizer = build_tokenizer(task=ArithmeticTask(**recipe.data.task))
+    model = build_model(tokenizer, TinyModelConfig(**recipe.model.tiny))
+    assert f"parameters ({model.num_parameters():,})" in describe(recipe, num_processes=1)

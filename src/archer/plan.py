@@ -377,52 +377,14 @@ def describe(
     """
     args = recipe.trainer
     plan = plan_recipe(recipe, num_processes)
-    world, prompt_bound = plan.num_processes, plan.max_prompt_length
+    world = plan.num_processes
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
     lines += _effective_config(recipe, objective)
     lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
     lines += _format_plan(plan, args)
 
-    shape = _model_shape(recipe)
-    if shape is not None:
-        dtype_bytes = DTYPE_BYTES.get(recipe.model.dtype, 4 if not (args.bf16 or args.fp16) else 2)
-        colocate = args.use_vllm and args.vllm_mode == "colocate"
-        stage = zero_stage if world > 1 else 0
-        memory = estimate_memory(
-            shape,
-            world_size=world,
-            zero_stage=stage,
-            micro_batch=plan.per_device_train_batch_size,
-            sequence_length=plan.max_sequence_length or plan.max_completion_length,
-            dtype_bytes=dtype_bytes,
-            gradient_checkpointing=bool(args.gradient_checkpointing),
-            reference_model=args.beta != 0.0,
-            vllm_colocate_fraction=args.vllm_gpu_memory_utilization if colocate else None,
-            vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
-            gpu_memory_gib=gpu_memory_gib,
-        )
-        states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
-        if states > memory.gpu_memory_bytes:
-            raise UserError(
-                f"{recipe.model.name_or_path}: {shape.num_parameters / 1e9:.2f}B parameters need "
-                f"{states / GIB:.0f} GiB per GPU for weights, gradients and Adam states with ZeRO stage {stage} on "
-                f"{world} GPU(s), more than {gpu_memory_gib:.0f} GiB: use more GPUs or ZeRO-3"
-            )
-        name = "ZeRO-3" if stage == 3 else "ZeRO-2" if stage == 2 else "no sharding (one process or DDP)"
-        lines += [
-            "",
-            f"model: {shape.model_type}, {shape.num_parameters / 1e9:.3f}B parameters ({shape.num_parameters:,})",
-        ]
-        lines.append(
-            f"memory per GPU, estimate ({name}, {world} GPU(s), micro-batch {plan.per_device_train_batch_size}):"
-        )
-        lines += memory.format()
-        if not memory.fits:
-            lines.append("  -> lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the")
-            lines.append("     mini-batch), enable gradient_checkpointing, or lower vllm_gpu_memory_utilization")
-        if args.use_vllm:
-            lines += _vllm_lines(shape, args, dtype_bytes, gpu_memory_gib, prompt_bound)
+    lines += _memory_lines(recipe, plan, zero_stage, gpu_memory_gib)
     return "\n".join(lines)
 
 
@@ -459,6 +421,48 @@ def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = 
         training_args.is_torch_bf16_gpu_available = check
 
 
+def _memory_lines(recipe: Any, plan: BatchPlan, zero_stage: int, gpu_memory_gib: float) -> list[str]:
+    args, world = recipe.trainer, plan.num_processes
+    shape = _model_shape(recipe)
+    dtype_bytes = DTYPE_BYTES.get(recipe.model.dtype, 2 if args.bf16 or args.fp16 else 4)
+    stage = zero_stage if world > 1 else 0
+    memory = estimate_memory(
+        shape,
+        world_size=world,
+        zero_stage=stage,
+        micro_batch=plan.per_device_train_batch_size,
+        sequence_length=plan.max_sequence_length or plan.max_completion_length,
+        dtype_bytes=dtype_bytes,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        reference_model=args.beta != 0.0,
+        vllm_colocate_fraction=args.vllm_gpu_memory_utilization
+        if args.use_vllm and args.vllm_mode == "colocate"
+        else None,
+        vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
+        gpu_memory_gib=gpu_memory_gib,
+    )
+    states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
+    if states > memory.gpu_memory_bytes:
+        raise UserError(
+            f"{recipe.model.name_or_path}: {shape.num_parameters / 1e9:.2f}B parameters need "
+            f"{states / GIB:.0f} GiB per GPU for weights, gradients and Adam states with ZeRO stage {stage} on "
+            f"{world} GPU(s), more than {gpu_memory_gib:.0f} GiB: use more GPUs or ZeRO-3"
+        )
+    name = {3: "ZeRO-3", 2: "ZeRO-2"}.get(stage, "no sharding: one process or DDP")
+    lines = [
+        "",
+        f"model: {shape.model_type}, {_count(shape.num_parameters)} parameters ({shape.num_parameters:,})",
+        f"memory per GPU, estimate ({name}, {world} GPU(s), micro-batch {plan.per_device_train_batch_size}):",
+        *memory.format(),
+    ]
+    if not memory.fits:
+        lines.append("  -> lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the")
+        lines.append("     mini-batch), turn on activation_checkpointing, or lower vllm_gpu_memory_utilization")
+    if args.use_vllm:
+        lines += _vllm_lines(shape, args, dtype_bytes, gpu_memory_gib, plan.max_prompt_length)
+    return lines
+
+
 def _max_prompt_length(args: Any) -> int | None:
     """TRL 1.16 has no prompt-length option: a recipe bounds prompts through vllm_max_model_length (prompt +
     completion), and the filtering step drops longer prompts."""
@@ -473,25 +477,15 @@ def _max_prompt_length(args: Any) -> int | None:
     return bound
 
 
-def _model_shape(recipe: Any) -> ModelShape | None:
-    if recipe.model.is_tiny:
-        from archer.tiny import TinyModelConfig
+def _model_shape(recipe: Any) -> ModelShape:
+    if recipe.model.is_tiny:  # built offline: its config comes from the same builder training uses
+        from archer.data.arithmetic import ArithmeticTask
+        from archer.tiny import TinyModelConfig, build_tokenizer
+        from archer.tiny.model import qwen2_config
 
-        cfg = TinyModelConfig(**recipe.model.tiny)
-        return ModelShape(
-            model_type="qwen2",
-            vocab_size=64,  # about 64 (the tiny BPE vocabulary and its added tokens): negligible either way
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            num_kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.hidden_size // cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            tie_word_embeddings=cfg.tie_word_embeddings,
-            qkv_bias=True,
-            o_bias=False,
-            qk_norm=False,
-        )
+        tokenizer = build_tokenizer(task=ArithmeticTask(**recipe.data.task))
+        config = qwen2_config(tokenizer, TinyModelConfig(**recipe.model.tiny))
+        return ModelShape.from_config(config.to_dict(), source="the tiny model")
     return load_model_shape(recipe.model.name_or_path)
 
 
@@ -521,6 +515,10 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
     return lines
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def _value(option: Any) -> Any:
     return getattr(option, "value", option)
 
@@ -535,10 +533,13 @@ def _format_plan(plan: BatchPlan, args: Any) -> list[str]:
         f"  optimizer steps per rollout    {plan.steps_per_generation} micro-steps x {plan.num_iterations} "
         f"iterations / {plan.gradient_accumulation_steps} accumulation = {steps}",
     ]
-    prompt = f"{plan.max_prompt_length} prompt + " if plan.max_prompt_length else "(prompt unbounded) "
+    if plan.max_prompt_length:
+        per_response = f"{plan.max_prompt_length} prompt + {plan.max_completion_length} completion"
+    else:
+        per_response = f"{plan.max_completion_length} completion; prompts unbounded (no vllm_max_model_length)"
     lines.append(
         f"  tokens per optimizer step      <= {plan.tokens_per_optimizer_step:,} "
-        f"({plan.responses_per_optimizer_step} x {prompt}{plan.max_completion_length} completion)"
+        f"({plan.responses_per_optimizer_step} x {per_response})"
     )
     if args.max_steps and args.max_steps > 0:
         rollouts = math.ceil(args.max_steps / steps)
@@ -548,7 +549,9 @@ def _format_plan(plan: BatchPlan, args: Any) -> list[str]:
     return lines
 
 
-def _vllm_lines(shape: ModelShape, args: Any, dtype_bytes: int, gpu_memory_gib: float, prompt_bound: int | None):
+def _vllm_lines(
+    shape: ModelShape, args: Any, dtype_bytes: int, gpu_memory_gib: float, prompt_bound: int | None
+) -> list[str]:
     length = args.vllm_max_model_length or (prompt_bound or 0) + args.max_completion_length
     if args.vllm_mode == "colocate":
         reserved = args.vllm_gpu_memory_utilization * gpu_memory_gib * GIB * args.vllm_tensor_parallel_size

@@ -34,9 +34,13 @@ else
 fi
 TP=${VLLM_TP:-1}
 DP=${VLLM_DP:-$((NUM_GPUS / TP))}
-(( DP >= 1 && DP * TP <= NUM_GPUS )) || { echo "error: VLLM_DP=$DP x VLLM_TP=$TP needs more than $NUM_GPUS GPUs" >&2; exit 2; }
+if (( DP < 1 || DP * TP > NUM_GPUS )); then
+  echo "error: VLLM_DP=$DP x VLLM_TP=$TP needs $((DP > 0 ? DP * TP : TP)) GPUs; $NUM_GPUS visible" >&2
+  exit 2
+fi
 
-echo "serving $MODEL on $((DP * TP)) GPU(s): $DP engine(s) x TP $TP, port ${VLLM_PORT:-8000}, context ${MAX_LEN:-model default}"
+echo "serving $MODEL on $((DP * TP)) GPU(s): $DP engine(s) x TP $TP," \
+  "port ${VLLM_PORT:-8000}, context ${MAX_LEN:-from the model}"
 exec "$TRL" vllm-serve --model "$MODEL" \
   --tensor_parallel_size "$TP" --data_parallel_size "$DP" \
   --host 0.0.0.0 --port "${VLLM_PORT:-8000}" \

@@ -132,7 +132,7 @@ def test_serve_vllm_script_reads_the_recipe(tmp_path):
     env["VLLM_TP"] = "8"
     failed = subprocess.run(["bash", "slurm/serve_vllm.sh", str(PAPER_RECIPES[0])], cwd=ROOT, env=env,
                             capture_output=True, text=True)  # fmt: skip
-    assert failed.returncode == 2 and "needs more than 4 GPUs" in failed.stderr
+    assert failed.returncode == 2 and "needs 8 GPUs; 4 visible" in failed.stderr
 
 
 def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -53,20 +53,24 @@ def _batch(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _interleaved(ours: Callable[[], object], reference: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of each, measured alternately after a warm-up of both."""
+def _interleaved(
+    ours: Callable[[], object], reference: Callable[[], object], repeats: int
+) -> tuple[float, float, float]:
+    """Median wall seconds of each, measured alternately after a warm-up of both, and the ratio of median CPU
+    seconds of this thread (less sensitive to other processes on a shared machine)."""
     for _ in range(3):
         ours()
         reference()
-    times_ours, times_ref = [], []
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours()
-        times_ours.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        reference()
-        times_ref.append(time.perf_counter() - start)
-    return statistics.median(times_ours), statistics.median(times_ref)
+        for side, fn in enumerate((ours, reference)):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            fn()
+            wall[side].append(time.perf_counter() - start)
+            cpu[side].append(time.thread_time() - start_cpu)
+    cpu_ratio = statistics.median(cpu[0]) / max(statistics.median(cpu[1]), 1e-9)
+    return statistics.median(wall[0]), statistics.median(wall[1]), cpu_ratio
 
 
 def _objective_rows(batch: int, length: int, repeats: int) -> list[dict]:
@@ -90,9 +94,9 @@ def _objective_rows(batch: int, length: int, repeats: int) -> list[dict]:
     def nanquantile() -> None:
         torch.nanquantile(data["entropies"].masked_fill(data["mask"] == 0, torch.nan), cfg.entropy_quantile, dim=-1)
 
-    t_ours, t_ref = _interleaved(ours, reference, repeats)
-    t_quantile, t_objective = _interleaved(quantile, ours, repeats)
-    t_masked, t_nan = _interleaved(quantile, nanquantile, max(3, repeats // 4))
+    t_ours, t_ref, cpu_ours = _interleaved(ours, reference, repeats)
+    t_quantile, t_objective, cpu_quantile = _interleaved(quantile, ours, repeats)
+    t_masked, t_nan, cpu_masked = _interleaved(quantile, nanquantile, max(3, repeats // 4))
     shape = f"B={batch} T={length} float32"
     return [
         {
@@ -101,7 +105,8 @@ def _objective_rows(batch: int, length: int, repeats: int) -> list[dict]:
             "reference": f"{t_ref * 1e3:.3f} ms",
             "ratio": t_ours / t_ref,
             "target": "<= 1.3x",
-            "note": "reference: exp/clamp/min with one token-mean, autograd backward (TRL's GRPO loss, beta=0)",
+            "note": f"reference: exp/clamp/min, one token-mean, autograd backward (TRL's GRPO loss, beta=0); "
+            f"CPU-time ratio {cpu_ours:.2f}",
         },
         {
             "figure": f"share of the entropy-quantile step in compute_objective, {shape}",
@@ -109,7 +114,7 @@ def _objective_rows(batch: int, length: int, repeats: int) -> list[dict]:
             "reference": f"{t_objective * 1e3:.3f} ms (whole objective)",
             "ratio": t_quantile / t_objective,
             "target": "< 0.5 (must not dominate)",
-            "note": "per-response 0.8-quantile of the entropies, padding excluded",
+            "note": f"per-response 0.8-quantile of the entropies, padding excluded; CPU-time share {cpu_quantile:.2f}",
         },
         {
             "figure": f"masked_quantile vs torch.nanquantile (padding as NaN), {shape}",
@@ -117,7 +122,7 @@ def _objective_rows(batch: int, length: int, repeats: int) -> list[dict]:
             "reference": f"{t_nan * 1e3:.3f} ms",
             "ratio": t_masked / t_nan,
             "target": None,
-            "note": "same values (tests/test_ops.py checks equality); one selection per row instead of a sort",
+            "note": f"equal values (tests/test_ops.py); one selection per row, not a sort; CPU-time ratio {cpu_masked:.2f}",
         },
     ]
 

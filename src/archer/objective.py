@@ -246,10 +246,11 @@ def compute_objective(
     # 3. A token is a reasoning token iff e_t > tau, strictly (so a one-token response has none).
     reasoning = (entropies > tau) & valid
     reasoning_f = reasoning.to(dtype)
+    knowledge_f = valid_f - reasoning_f
 
     # 4. r_t = exp(clamp(logp_t - old_logp_t, -20, 20)); padding gets r = 1.
-    log_ratio = (logp - old) * valid_f
-    ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
+    log_ratio = (logp - old).mul_(valid_f)
+    ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp_()
     # 5. Clip interval of each token's class: [1 - low, 1 + high].
     low, high = _per_token_bounds(reasoning_f, cfg, dtype)
     # 6. pg_t = max(-A r, -A clip(r, low, high)), then min(pg_t, -A c) where A < 0 (dual clip). Since -A x is
@@ -257,37 +258,39 @@ def compute_objective(
     #    [low, c] for A < 0; its derivative in logp_t is -A r_t where r_t lies inside [lower, upper], else 0.
     positive, negative = (adv > 0).to(dtype), (adv < 0).to(dtype)
     cap = torch.finfo(dtype).max if cfg.dual_clip is None else cfg.dual_clip
-    clipped = torch.clamp(ratio, low * negative, high * positive + cap * (1.0 - positive))
+    clipped = torch.clamp(ratio, low * negative, (high * positive).add_(cap * (1.0 - positive)))
+    clip_side = (clipped - ratio).sign_()  # +1: lower bound active, -1: upper bound active, 0: inside
     # 7. k3 KL toward the reference: d_t = clamp(ref_logp_t - logp_t, -20, 20), k_t = clamp(e^d - d - 1, -10, 10);
     #    its derivative in logp_t is -(e^d - 1) where neither clamp is active.
-    kl = expm1_d = kl_raw = d_raw = None
+    kl = expm1_d = kl_inside = None
     if ref_logps is not None:
-        d_raw = (ref_logps.detach().to(dtype) - logp) * valid_f
-        d = d_raw.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+        d = (ref_logps.detach().to(dtype) - logp).mul_(valid_f).clamp_(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
         expm1_d = torch.expm1(d)
-        kl_raw = expm1_d - d
-        kl = kl_raw.clamp(-KL_BOUND, KL_BOUND)
+        kl = expm1_d - d  # k >= 0; a clamped d gives k > 10, so the k clamp also covers d's
+        if bool(kl.max() > KL_BOUND):
+            kl_inside = kl <= KL_BOUND
+            kl.clamp_(-KL_BOUND, KL_BOUND)
 
     # 8-9. Per-response means, then the mean over responses, written as one weight per token (see _weights):
     #    loss = sum_t w_t pg_t + sum_t v_t k_t.
-    pg_weight, kl_weight = _weights(valid_f, reasoning_f, n_tokens, nonempty, cfg)
+    pg_weight, kl_weight = _weights(valid_f, reasoning_f, knowledge_f, n_tokens, nonempty, cfg)
     weighted_adv = pg_weight * -adv
     pg_loss = torch.dot(weighted_adv.reshape(-1), clipped.reshape(-1))
-    grad = weighted_adv * ratio * (clipped == ratio)
+    grad = (weighted_adv * ratio).mul_(clip_side.abs().neg_().add_(1.0))
     if _beyond(log_ratio, LOG_RATIO_BOUND):  # the clamp of step 4 is active somewhere: no gradient there
-        grad = grad * (log_ratio.abs() <= LOG_RATIO_BOUND)
+        grad.mul_(log_ratio.abs() <= LOG_RATIO_BOUND)
     kl_loss = None
     if kl is not None and (cfg.knowledge_kl > 0 or cfg.reasoning_kl > 0):
         kl_loss = torch.dot(kl_weight.reshape(-1), kl.reshape(-1))
         kl_grad = kl_weight * expm1_d
-        if _beyond(d_raw, LOG_RATIO_BOUND) or _beyond(kl_raw, KL_BOUND):
-            kl_grad = kl_grad * ((d_raw.abs() <= LOG_RATIO_BOUND) & (kl_raw.abs() <= KL_BOUND))
-        grad = grad - kl_grad
+        if kl_inside is not None:
+            kl_grad.mul_(kl_inside)
+        grad.sub_(kl_grad)
     loss = _LossWithGradient.apply(logps, pg_loss if kl_loss is None else pg_loss + kl_loss, grad)
 
     with torch.no_grad():
         metrics = _metrics(
-            valid_f, reasoning, reasoning_f, entropies, tau, nonempty, ratio, clipped, positive, negative, kl,
+            valid_f, reasoning_f, knowledge_f, entropies, tau, nonempty, ratio, clip_side, positive, negative, kl,
             pg_loss, kl_loss,
         )  # fmt: skip
     return ObjectiveOutput(loss=loss, reasoning_mask=reasoning, metrics=metrics)
@@ -313,7 +316,7 @@ class _LossWithGradient(torch.autograd.Function):
 
 
 def _beyond(x: Tensor, bound: float) -> bool:
-    """Whether any |x| exceeds ``bound``: one reduction, so that the masks handling it are built only when needed."""
+    """Whether any |x| exceeds ``bound``: one reduction, so that the mask handling it is built only when needed."""
     if not x.numel():
         return False
     lowest, highest = torch.aminmax(x)
@@ -348,11 +351,16 @@ def _per_token_bounds(reasoning_f: Tensor, cfg: ObjectiveConfig, dtype: torch.dt
     as_tensor = lambda v: torch.tensor(v, dtype=dtype, device=reasoning_f.device)  # noqa: E731
     if (k_low, k_high) == (r_low, r_high):
         return as_tensor(k_low), as_tensor(k_high)
-    return k_low + (r_low - k_low) * reasoning_f, k_high + (r_high - k_high) * reasoning_f
+    return (reasoning_f * (r_low - k_low)).add_(k_low), (reasoning_f * (r_high - k_high)).add_(k_high)
 
 
 def _weights(
-    valid_f: Tensor, reasoning_f: Tensor, n_tokens: Tensor, nonempty: Tensor, cfg: ObjectiveConfig
+    valid_f: Tensor,
+    reasoning_f: Tensor,
+    knowledge_f: Tensor,
+    n_tokens: Tensor,
+    nonempty: Tensor,
+    cfg: ObjectiveConfig,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token weights w, v with loss = sum_t w_t pg_t + sum_t v_t k_t: steps 8-9 for every variant.
 
@@ -379,7 +387,7 @@ def _weights(
     elif cfg.kl_normalization == "response":
         kl_weight = pg_weight * (beta_k + (beta_r - beta_k) * reasoning_f) if beta_k != beta_r else pg_weight * beta_k
     else:
-        for members, beta in ((valid_f - reasoning_f, beta_k), (reasoning_f, beta_r)):
+        for members, beta in ((knowledge_f, beta_k), (reasoning_f, beta_r)):
             if beta == 0:
                 continue
             if cfg.aggregation == "token-mean":
@@ -395,13 +403,13 @@ def _weights(
 
 def _metrics(
     valid_f: Tensor,
-    reasoning: Tensor,
     reasoning_f: Tensor,
+    knowledge_f: Tensor,
     entropies: Tensor,
     tau: Tensor,
     nonempty: Tensor,
     ratio: Tensor,
-    clipped: Tensor,
+    clip_side: Tensor,
     positive: Tensor,
     negative: Tensor,
     kl: Tensor | None,
@@ -410,29 +418,27 @@ def _metrics(
 ) -> dict[str, float]:
     """All metrics as reductions stacked into one tensor, moved to the host once."""
     dtype = ratio.dtype
-    raised = clipped > ratio  # lower bound active: A < 0 and r < 1 - low
-    lowered = clipped < ratio  # upper bound active: A > 0 and r > 1 + high (clip), or A < 0 and r > c (dual)
-    lowered_all = torch.count_nonzero(lowered, dim=-1).to(dtype)  # per response
-    lowered_reasoning = torch.count_nonzero(lowered & reasoning, dim=-1).to(dtype)
+    flat = lambda x: x.reshape(-1)  # noqa: E731
+    raised = clip_side.clamp(min=0)  # lower bound active: A < 0 and r < 1 - low
+    # upper bound active, per response: A > 0 and r > 1 + high (clip), or A < 0 and r > c (dual clip)
+    lowered = clip_side.clamp(max=0)
+    lowered_all, lowered_reasoning = -lowered.sum(-1), -(lowered * reasoning_f).sum(-1)
     zero = torch.zeros((), dtype=dtype, device=ratio.device)
-    knowledge_f = valid_f - reasoning_f
-    kl_knowledge = zero if kl is None else torch.dot(kl.reshape(-1), knowledge_f.reshape(-1))
-    kl_reasoning = zero if kl is None else torch.dot(kl.reshape(-1), reasoning_f.reshape(-1))
     threshold = torch.where(nonempty, tau, 0.0).sum() / nonempty.sum().clamp(min=1) if tau.shape[0] > 1 else tau
     sums = torch.stack(
         [
             valid_f.sum(),
             reasoning_f.sum(),
-            torch.count_nonzero(raised).to(dtype),
-            torch.count_nonzero(raised & reasoning).to(dtype),
-            torch.dot(lowered_all, positive.view(-1)),
-            torch.dot(lowered_reasoning, positive.view(-1)),
-            torch.dot(lowered_all, negative.view(-1)),
-            torch.dot(ratio.reshape(-1), knowledge_f.reshape(-1)),
-            torch.dot(ratio.reshape(-1), reasoning_f.reshape(-1)),
-            kl_knowledge,
-            kl_reasoning,
-            torch.dot(entropies.reshape(-1), valid_f.reshape(-1)),
+            raised.sum(),
+            torch.dot(flat(raised), flat(reasoning_f)),
+            torch.dot(lowered_all, flat(positive)),
+            torch.dot(lowered_reasoning, flat(positive)),
+            torch.dot(lowered_all, flat(negative)),
+            torch.dot(flat(ratio), flat(knowledge_f)),
+            torch.dot(flat(ratio), flat(reasoning_f)),
+            zero if kl is None else torch.dot(flat(kl), flat(knowledge_f)),
+            zero if kl is None else torch.dot(flat(kl), flat(reasoning_f)),
+            torch.dot(flat(entropies), flat(valid_f)),
             torch.nan_to_num(threshold.reshape(()), nan=0.0),
             pg_loss.detach(),
             zero if kl_loss is None else kl_loss.detach(),

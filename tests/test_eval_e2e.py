@@ -54,12 +54,13 @@ def test_default_make_eval_on_newest_run(workdir, capsys):
     (out,) = run_dirs(run)
     results = json.loads((out / "results.json").read_text())
     assert results["schema_version"] == 1
-    assert results["model"] == {"name_or_path": str(Path("outputs") / "tiny-archer"), "local": True}
-    assert results["suite"]["name"] == "tiny" and results["protocol"]["backend"] == "transformers"
+    assert (results["model"], results["local_model"]) == (str(Path("outputs") / "tiny-archer"), True)
+    assert results["suite"] == "tiny" and results["protocol"]["backend"] == "transformers"
     assert {"lighteval", "transformers", "torch", "python"} <= set(results["versions"])
     task = results["tasks"]["arithmetic"]
     k = task["k"]
     assert task["num_problems"] == 3 and task["num_samples"] == 3 * k and task["prompt_style"] == "raw"
+    assert task["dataset"] == "generated"
 
     details = [json.loads(line) for line in (out / task["details"]).read_text().splitlines()]
     assert len(details) == 3

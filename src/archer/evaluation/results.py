@@ -3,10 +3,11 @@
 ``results.json`` (schema_version 1)::
 
     {"schema_version": 1,
-     "model": {"name_or_path": str, "local": bool},
-     "suite": {"name": str, "path": str, "description": str},
-     "protocol": {"backend": "transformers" | "vllm", "seed": int, "dtype": str, ...parallel options},
-     "tasks": {<task>: {"task": "archer:<task>", "k", "temperature", "top_p", "max_new_tokens", "prompt_style",
+     "model": str (run folder, model folder or Hub id), "local_model": bool,
+     "suite": str (its name), "suite_file": str, "suite_description": str,
+     "protocol": {"backend": "transformers" | "vllm", "seed": int, "dtype": str, ...batch size or parallelism},
+     "tasks": {<task>: {"task": "archer:<task>", "dataset": Hub id | local path | "generated",
+                        "k", "temperature", "top_p", "max_new_tokens", "prompt_style",
                         "num_problems", "num_samples", "metrics": {"avg@k": %, "pass@k": %, "pass@j": %...},
                         "generation_s", "details": "details/<task>.jsonl"}},
      "versions": {package: version},
@@ -57,8 +58,7 @@ def timestamp(now: datetime) -> str:
 
 def markdown_table(results: Mapping[str, Any]) -> str:
     lines = [
-        f"Model: `{results['model']['name_or_path']}` | suite: `{results['suite']['name']}` | "
-        f"backend: {results['protocol']['backend']}",
+        f"Model: `{results['model']}` | suite: `{results['suite']}` | backend: {results['protocol']['backend']}",
         "",
         "| task | k | problems | avg@k | pass@k | T | top_p | max new tokens | other |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -143,7 +143,14 @@ def score_task(
     return aggregate(scores, spec.pass_k), details
 
 
-def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[tuple[TaskSpec, Any, list[Any]]]:
+@dataclass(frozen=True)
+class PreparedTask:
+    spec: TaskSpec
+    docs: list[Any]
+    dataset: str  # where the rows came from: Hub id, local path or "generated"
+
+
+def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[PreparedTask]:
     """Task configs and docs for every task of the suite; fails before anything is loaded or written."""
     module = load_task_module(suite.module)
     configs = {config.name: config for config in module.TASKS_TABLE}
@@ -164,8 +171,9 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[tuple[
         config = configs[spec.task]
         rows = load_rows(config, spec.data, generators, model.name_or_path if model.local else None)[: spec.limit]
         docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
-        prepared.append((spec, config, docs))
-    if any(doc.specific["grader"] == "code" for _, _, docs in prepared for doc in docs):
+        dataset = spec.data or ("generated" if config.name in generators else config.hf_repo)
+        prepared.append(PreparedTask(spec, docs, dataset))
+    if any(doc.specific["grader"] == "code" for task in prepared for doc in task.docs):
         from archer.sandbox import ensure_sandbox
 
         ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
@@ -204,18 +212,19 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     print(f"archer eval: backend {backend_name}, model {model.name_or_path}, suite {suite.name}", file=sys.stderr)
     backend = _load_backend(backend_name, model, options, out_dir)
 
-    grading = GradingOptions()
     tasks, details = {}, {}
-    for spec, _, docs in prepared:
+    for task in prepared:
+        spec, docs = task.spec, task.docs
         prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
         t_gen = time.perf_counter()
         sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
         completions = backend.generate(ids, sampling, desc=spec.short_name)
         generation_s = time.perf_counter() - t_gen
-        task_grading = replace(grading, code_timeout_s=spec.code_timeout_s, code_memory_mb=spec.code_memory_mb)
-        metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, task_grading)
+        grading = GradingOptions(code_timeout_s=spec.code_timeout_s, code_memory_mb=spec.code_memory_mb)
+        metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, grading)
         tasks[spec.short_name] = {
             "task": spec.task,
+            "dataset": task.dataset,
             **spec.protocol(),
             "num_problems": len(docs),
             "num_samples": len(docs) * spec.k,
@@ -227,8 +236,11 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
 
     results = {
         "schema_version": SCHEMA_VERSION,
-        "model": {"name_or_path": model.name_or_path, "local": model.local},
-        "suite": {"name": suite.name, "path": str(suite.path), "description": suite.description},
+        "model": model.name_or_path,
+        "local_model": model.local,
+        "suite": suite.name,
+        "suite_file": str(suite.path),
+        "suite_description": suite.description,
         "protocol": {
             "backend": backend_name,
             "seed": suite.seed,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from archer import ops
 from archer.ops import _order_statistics, masked_quantile, token_logps_and_entropy
 
 
@@ -10,8 +11,15 @@ def _nanquantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.T
     return torch.nanquantile(values.masked_fill(~valid, torch.nan), q, dim=-1)
 
 
+@pytest.fixture(params=["per-row", "padded"])
+def selection(request, monkeypatch):
+    """Run a test through both CPU selection paths of masked_quantile."""
+    monkeypatch.setattr(ops, "_ROW_LOOP_MIN_LENGTH", 0 if request.param == "per-row" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_masked_quantile_equals_nanquantile(seed):
+def test_masked_quantile_equals_nanquantile(seed, selection):
     gen = torch.Generator().manual_seed(seed)
     rows, length = int(torch.randint(1, 7, (1,), generator=gen)), int(torch.randint(1, 50, (1,), generator=gen))
     if seed % 2:  # many ties
@@ -30,7 +38,7 @@ def test_masked_quantile_equals_nanquantile(seed):
     assert torch.equal(got[~got.isnan()], expected[~expected.isnan()])
 
 
-def test_masked_quantile_interpolates_between_order_statistics():
+def test_masked_quantile_interpolates_between_order_statistics(selection):
     values = torch.tensor([[0.5, 0.1, 0.4, 0.2, 0.3, 7.0]])
     valid = torch.tensor([[True, True, True, True, True, False]])
     # rank 0.8 * (5 - 1) = 3.2: 0.4 + 0.2 * (0.5 - 0.4)
@@ -38,7 +46,7 @@ def test_masked_quantile_interpolates_between_order_statistics():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_masked_quantile_dtypes(dtype):
+def test_masked_quantile_dtypes(dtype, selection):
     gen = torch.Generator().manual_seed(0)
     values = torch.rand(4, 33, generator=gen).to(dtype)
     valid = torch.rand(4, 33, generator=gen) < 0.8
@@ -47,7 +55,7 @@ def test_masked_quantile_dtypes(dtype):
     assert torch.equal(got, _nanquantile(values.to(got.dtype), valid, 0.8))
 
 
-def test_masked_quantile_accepts_integer_and_float_masks():
+def test_masked_quantile_accepts_integer_and_float_masks(selection):
     gen = torch.Generator().manual_seed(1)
     values, valid = torch.rand(3, 20, generator=gen), torch.rand(3, 20, generator=gen) < 0.5
     expected = masked_quantile(values, valid, 0.8)

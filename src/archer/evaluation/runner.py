@@ -55,7 +55,7 @@ class EvalRequest:
 
 def newest_run(root: Path) -> Path:
     """The most recently trained run folder under ``root`` (one holding a ``config.json``)."""
-    runs = [p for p in root.glob("*/config.json") if p.parent.name != "eval"] if root.is_dir() else []
+    runs = list(root.glob("*/config.json")) if root.is_dir() else []
     if not runs:
         raise UserError(f"no trained model under {root}/; run `make train` first or pass --model DIR_OR_HUB_ID")
     return max(runs, key=lambda p: p.stat().st_mtime).parent
@@ -72,7 +72,7 @@ def resolve_model(model: str | None, runs_root: Path = RUNS_ROOT) -> ModelRef:
         logger.info("no --model given: evaluating the newest run, %s", path)
         return ModelRef(str(path), True)
     path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or path.parent.is_dir() and str(path.parent) != "."
+    looks_local = model.startswith((".", "/", "~")) or (str(path.parent) != "." and path.parent.is_dir())
     if path.exists() or looks_local or model.count("/") != 1:
         if not path.is_dir():
             raise UserError(f"--model {model}: no such model folder")
@@ -116,7 +116,7 @@ def score_task(
     docs: Sequence[Any],
     prompts: Sequence[str],
     completions: Sequence[Sequence[str]],
-    grading: GradingOptions,
+    grading: GradingOptions | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Grade k completions per doc; returns the task metrics (percent) and one details row per problem."""
     from tqdm.auto import tqdm
@@ -208,8 +208,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     backend_name = select_backend(request.backend)
     options = replace(request.backend_options, seed=suite.seed)
     out_dir = output_dir_for(model, suite, request, started)
-    logger.info("backend: %s", backend_name)
-    print(f"archer eval: backend {backend_name}, model {model.name_or_path}, suite {suite.name}", file=sys.stderr)
+    logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
     backend = _load_backend(backend_name, model, options, out_dir)
 
     tasks, details = {}, {}

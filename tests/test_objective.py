@@ -414,3 +414,15 @@ def test_to_dict_round_trips_and_accepts_lists():
     assert as_dict["knowledge_clip"] == [0.2, 0.28]
     assert ObjectiveConfig(**as_dict) == cfg
     assert ObjectiveConfig(knowledge_clip=0.3).knowledge_clip == (0.3, 0.3)
+
+
+def test_without_gradient_the_loss_and_metrics_are_the_same():
+    args = ([[1.3, 0.7, 1.0, 1.1, 1.3]], [1.0], ENT5)
+    with_grad, _ = objective(*args, d=KL_D, knowledge_kl=0.1)
+    logps = t(args[0]).log()
+    with torch.no_grad():
+        out = compute_objective(logps, torch.zeros_like(logps), logps + t(KL_D), t(args[1]), t(args[2]),
+                                torch.ones_like(logps), ObjectiveConfig(knowledge_kl=0.1))  # fmt: skip
+    assert not out.loss.requires_grad
+    assert out.loss.item() == pytest.approx(with_grad.loss.item())
+    assert out.metrics == with_grad.metrics

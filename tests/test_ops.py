@@ -1,5 +1,7 @@
 """archer.ops: the masked quantile against torch.nanquantile, the chunked log-prob/entropy op against the naive one."""
 
+import functools
+
 import pytest
 import torch
 
@@ -11,10 +13,12 @@ def _nanquantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.T
     return torch.nanquantile(values.masked_fill(~valid, torch.nan), q, dim=-1)
 
 
-@pytest.fixture(params=["per-row", "padded"])
+@pytest.fixture(params=["per-row", "padded", "padded-kthvalue"])
 def selection(request, monkeypatch):
-    """Run a test through both CPU selection paths of masked_quantile."""
+    """Run a test through every selection path of masked_quantile (kthvalue is the path off CPU)."""
     monkeypatch.setattr(ops, "_ROW_LOOP_MIN_LENGTH", 0 if request.param == "per-row" else 10**9)
+    if request.param == "padded-kthvalue":
+        monkeypatch.setattr(ops, "_order_statistics", functools.partial(ops._order_statistics, use_numpy=False))
     return request.param
 
 

@@ -276,17 +276,19 @@ def compute_objective(
     pg_weight, kl_weight = _weights(valid_f, reasoning_f, knowledge_f, n_tokens, nonempty, cfg)
     weighted_adv = pg_weight * -adv
     pg_loss = torch.dot(weighted_adv.reshape(-1), clipped.reshape(-1))
-    grad = (weighted_adv * ratio).mul_(clip_side.abs().neg_().add_(1.0))
-    if _beyond(log_ratio, LOG_RATIO_BOUND):  # the clamp of step 4 is active somewhere: no gradient there
-        grad.mul_(log_ratio.abs() <= LOG_RATIO_BOUND)
-    kl_loss = None
-    if kl is not None and (cfg.knowledge_kl > 0 or cfg.reasoning_kl > 0):
-        kl_loss = torch.dot(kl_weight.reshape(-1), kl.reshape(-1))
-        kl_grad = kl_weight * expm1_d
-        if kl_inside is not None:
-            kl_grad.mul_(kl_inside)
-        grad.sub_(kl_grad)
-    loss = _LossWithGradient.apply(logps, pg_loss if kl_loss is None else pg_loss + kl_loss, grad)
+    use_kl = kl is not None and (cfg.knowledge_kl > 0 or cfg.reasoning_kl > 0)
+    kl_loss = torch.dot(kl_weight.reshape(-1), kl.reshape(-1)) if use_kl else None
+    loss = pg_loss if kl_loss is None else pg_loss + kl_loss
+    if logps.requires_grad and torch.is_grad_enabled():
+        grad = (weighted_adv * ratio).mul_(clip_side.abs().neg_().add_(1.0))
+        if _beyond(log_ratio, LOG_RATIO_BOUND):  # the clamp of step 4 is active somewhere: no gradient there
+            grad.mul_(log_ratio.abs() <= LOG_RATIO_BOUND)
+        if use_kl:
+            kl_grad = kl_weight * expm1_d
+            if kl_inside is not None:
+                kl_grad.mul_(kl_inside)
+            grad.sub_(kl_grad)
+        loss = _LossWithGradient.apply(logps, loss, grad)
 
     with torch.no_grad():
         metrics = _metrics(

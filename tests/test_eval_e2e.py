@@ -111,6 +111,27 @@ def test_hub_style_output_dir_for_non_run_models(workdir):
     assert out.name.startswith("s-") and (out / "results.json").is_file()
 
 
+@pytest.mark.sandbox
+def test_benchmark_tasks_from_local_copies(workdir):
+    """AIME24 and LiveCodeBench v5 rows in their real schema, given as local files (offline), through the runner."""
+    data = ROOT / "tests" / "data" / "eval"
+    model = save_tiny(workdir / "outputs" / "run", seed=0)
+    body = (
+        "defaults: {k: 2, max_new_tokens: 8, prompt_style: raw}\n"
+        f"tasks:\n  - {{task: aime24, data: {data / 'aime24.jsonl'}}}\n  - lcb_v5\n"
+    )
+    suite = write_suite(workdir / "bench.yaml", body)
+    argv = ["eval", "--model", str(model), "--suite", str(suite), "--data", f"lcb_v5={data / 'lcb.jsonl'}"]
+    assert main(argv) == 0
+    (out,) = run_dirs(model)
+    tasks = json.loads((out / "results.json").read_text())["tasks"]
+    assert tasks["aime24"]["num_problems"] == 3 and tasks["aime24"]["dataset"] == str(data / "aime24.jsonl")
+    assert tasks["lcb_v5"]["num_problems"] == 1  # only the row inside v5's release window
+    (row,) = [json.loads(line) for line in (out / "details" / "lcb_v5.jsonl").open()]
+    assert row["problem_id"] == "abc370_a" and row["gold"] == "3 tests" and len(row["completions"]) == 2
+    assert tasks["lcb_v5"]["metrics"] == pytest.approx(aggregate([row["scores"]]))
+
+
 @pytest.mark.parametrize(
     ("suite_body", "args", "message"),
     [

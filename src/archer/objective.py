@@ -251,14 +251,12 @@ def compute_objective(
     # 4. r_t = exp(clamp(logp_t - old_logp_t, -20, 20)); padding gets r = 1.
     log_ratio = (logp - old).mul_(valid_f)
     ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp_()
-    # 5. Clip interval of each token's class: [1 - low, 1 + high].
-    low, high = _per_token_bounds(reasoning_f, cfg, dtype)
-    # 6. pg_t = max(-A r, -A clip(r, low, high)), then min(pg_t, -A c) where A < 0 (dual clip). Since -A x is
-    #    monotone in x, this is pg_t = -A clamp(r, lower, upper) with [lower, upper] = [0, high] for A > 0 and
-    #    [low, c] for A < 0; its derivative in logp_t is -A r_t where r_t lies inside [lower, upper], else 0.
-    positive, negative = (adv > 0).to(dtype), (adv < 0).to(dtype)
-    cap = torch.finfo(dtype).max if cfg.dual_clip is None else cfg.dual_clip
-    clipped = torch.clamp(ratio, low * negative, (high * positive).add_(cap * (1.0 - positive)))
+    # 5-6. pg_t = max(-A r, -A clip(r, 1 - low, 1 + high)) with the clip range of the token's class, then
+    #    min(pg_t, -A c) where A < 0 (dual clip). Since -A x is monotone in x, this is pg_t = -A clamp(r, lower,
+    #    upper) with [lower, upper] = [0, 1 + high] for A > 0 and [1 - low, c] for A < 0; its derivative in
+    #    logp_t is -A r_t where r_t lies inside [lower, upper], else 0.
+    lower, upper = _active_bounds(adv, reasoning_f, cfg)
+    clipped = torch.clamp(ratio, lower, upper)
     clip_side = (clipped - ratio).sign_()  # +1: lower bound active, -1: upper bound active, 0: inside
     # 7. k3 KL toward the reference: d_t = clamp(ref_logp_t - logp_t, -20, 20), k_t = clamp(e^d - d - 1, -10, 10);
     #    its derivative in logp_t is -(e^d - 1) where neither clamp is active.
@@ -292,8 +290,7 @@ def compute_objective(
 
     with torch.no_grad():
         metrics = _metrics(
-            valid_f, reasoning_f, knowledge_f, entropies, tau, nonempty, ratio, clip_side, positive, negative, kl,
-            pg_loss, kl_loss,
+            valid_f, reasoning_f, knowledge_f, entropies, tau, nonempty, ratio, clip_side, adv, kl, pg_loss, kl_loss,
         )  # fmt: skip
     return ObjectiveOutput(loss=loss, reasoning_mask=reasoning, metrics=metrics)
 
@@ -347,13 +344,20 @@ def _check_inputs(
                 raise ValueError(f"{name}={getattr(cfg, name)} needs ref_logps (reference-model log-probs); got None")
 
 
-def _per_token_bounds(reasoning_f: Tensor, cfg: ObjectiveConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Each token's ratio interval [1 - low, 1 + high]; 0-dim tensors when both classes share one interval."""
-    (k_low, k_high), (r_low, r_high) = cfg.knowledge_bounds, cfg.reasoning_bounds
-    as_tensor = lambda v: torch.tensor(v, dtype=dtype, device=reasoning_f.device)  # noqa: E731
-    if (k_low, k_high) == (r_low, r_high):
-        return as_tensor(k_low), as_tensor(k_high)
-    return (reasoning_f * (r_low - k_low)).add_(k_low), (reasoning_f * (r_high - k_high)).add_(k_high)
+def _active_bounds(adv: Tensor, reasoning_f: Tensor, cfg: ObjectiveConfig) -> tuple[Tensor, Tensor]:
+    """[lower, upper] of step 6: (B, 1) when both classes share one clip range, else (B, T)."""
+    positive, negative = (adv > 0).to(adv.dtype), (adv < 0).to(adv.dtype)
+    cap = torch.finfo(adv.dtype).max if cfg.dual_clip is None else cfg.dual_clip
+
+    def per_response(bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+        low, high = bounds  # the interval [1 - low, 1 + high] itself
+        return low * negative, high * positive + cap * (1.0 - positive)
+
+    k_lower, k_upper = per_response(cfg.knowledge_bounds)
+    if cfg.knowledge_bounds == cfg.reasoning_bounds:
+        return k_lower, k_upper
+    r_lower, r_upper = per_response(cfg.reasoning_bounds)
+    return (reasoning_f * (r_lower - k_lower)).add_(k_lower), (reasoning_f * (r_upper - k_upper)).add_(k_upper)
 
 
 def _weights(
@@ -412,8 +416,7 @@ def _metrics(
     nonempty: Tensor,
     ratio: Tensor,
     clip_side: Tensor,
-    positive: Tensor,
-    negative: Tensor,
+    adv: Tensor,
     kl: Tensor | None,
     pg_loss: Tensor,
     kl_loss: Tensor | None,
@@ -421,6 +424,7 @@ def _metrics(
     """All metrics as reductions stacked into one tensor, moved to the host once."""
     dtype = ratio.dtype
     flat = lambda x: x.reshape(-1)  # noqa: E731
+    positive, negative = (adv > 0).to(dtype), (adv < 0).to(dtype)
     raised = clip_side.clamp(min=0)  # lower bound active: A < 0 and r < 1 - low
     # upper bound active, per response: A > 0 and r > 1 + high (clip), or A < 0 and r > c (dual clip)
     lowered = clip_side.clamp(max=0)

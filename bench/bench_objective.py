@@ -48,7 +48,7 @@ def _batch(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "old_logps": logps + 0.2 * torch.randn(batch, length, generator=gen),
         "ref_logps": logps + 0.2 * torch.randn(batch, length, generator=gen),
         "advantages": torch.randn(batch, generator=gen),
-        "entropies": torch.distributions.Exponential(1.0).sample((batch, length)),
+        "entropies": torch.empty(batch, length).exponential_(1.0, generator=gen),
         "mask": mask,
     }
 

@@ -210,8 +210,9 @@ def compute_objective(
         ref_logps: (B, T) log-probs under the reference model; None is an error if a KL weight is > 0.
         advantages: (B,) one advantage per response.
         entropies: (B, T) entropy of the current policy at each position (no gradient flows into them).
-        mask: (B, T), nonzero on completion tokens. A row that is all zero is ignored entirely. Padding positions
-            of the other inputs may hold any finite values: they change neither the loss nor its gradient.
+        mask: (B, T), 1 on completion tokens and 0 on padding (bool, integer or float). A row that is all zero is
+            ignored entirely. Padding positions of the other inputs may hold any finite values: they change
+            neither the loss nor its gradient.
         cfg: the settings.
 
     Computed in float32 for half-precision inputs (float64 stays float64). The gradient is computed in the same
@@ -226,8 +227,7 @@ def compute_objective(
     """
     _check_inputs(logps, old_logps, ref_logps, advantages, entropies, mask, cfg)
     dtype = torch.promote_types(logps.dtype, torch.float32)
-    valid = mask if mask.dtype == torch.bool else mask != 0
-    valid_f = valid.to(dtype)
+    valid, valid_f = mask.bool(), mask.to(dtype)
     n_tokens = valid_f.sum(-1, keepdim=True)  # |o_i|, (B, 1)
     nonempty = n_tokens > 0  # all-zero rows get zero weight in every term below
     logp = logps.detach().to(dtype)

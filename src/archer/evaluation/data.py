@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 Rows = list[dict[str, Any]]
 
 
-def _read_local(path: Path, split: str) -> Rows:
+def _read_local(path: Path, split: str, subset: str | None) -> Rows:
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if path.suffix == ".json":
@@ -37,8 +37,14 @@ def _read_local(path: Path, split: str) -> Rows:
                 split = next(iter(loaded))
             loaded = loaded[split]
         return list(loaded)
-    if path.is_dir():  # a snapshot of the Hub repo, or a folder of data files
-        return list(datasets.load_dataset(str(path), split=split))
+    if path.is_dir():  # a snapshot of the Hub repo (its config, if it has several), or a folder of data files
+        errors = []
+        for name in dict.fromkeys((subset, None)):
+            try:
+                return list(datasets.load_dataset(str(path), name=name, split=split))
+            except Exception as err:  # no such config or split, unreadable files: all fixable by the user
+                errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
+        raise UserError(f"{path}: cannot load split {split!r} ({errors[-1]})")
     raise UserError(f"{path}: unsupported data file; use .jsonl, .json, .parquet or a dataset folder")
 
 
@@ -58,7 +64,7 @@ def load_rows(
         path = Path(data)
         if not path.exists():
             raise UserError(f"task {config.name}: data path {path} does not exist")
-        rows = _read_local(path, split)
+        rows = _read_local(path, split, None if config.hf_subset == "default" else config.hf_subset)
         source = str(path)
     elif generators and config.name in generators:
         rows, source = generators[config.name](model_path), "generated locally"

@@ -349,9 +349,9 @@ def _active_bounds(adv: Tensor, reasoning_f: Tensor, cfg: ObjectiveConfig) -> tu
     positive, negative = (adv > 0).to(adv.dtype), (adv < 0).to(adv.dtype)
     cap = torch.finfo(adv.dtype).max if cfg.dual_clip is None else cfg.dual_clip
 
-    def per_response(bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
-        low, high = bounds  # the interval [1 - low, 1 + high] itself
-        return low * negative, high * positive + cap * (1.0 - positive)
+    def per_response(interval: tuple[float, float]) -> tuple[Tensor, Tensor]:
+        floor, ceiling = interval  # [1 - low, 1 + high]
+        return floor * negative, ceiling * positive + cap * (1.0 - positive)
 
     k_lower, k_upper = per_response(cfg.knowledge_bounds)
     if cfg.knowledge_bounds == cfg.reasoning_bounds:
@@ -388,10 +388,10 @@ def _weights(
 
     beta_k, beta_r = cfg.knowledge_kl, cfg.reasoning_kl
     kl_weight = None
-    if beta_k == 0 and beta_r == 0:
-        pass
+    if beta_k == beta_r == 0:
+        pass  # no KL term
     elif cfg.kl_normalization == "response":
-        kl_weight = pg_weight * (beta_k + (beta_r - beta_k) * reasoning_f) if beta_k != beta_r else pg_weight * beta_k
+        kl_weight = pg_weight * beta_k if beta_k == beta_r else pg_weight * (beta_k + (beta_r - beta_k) * reasoning_f)
     else:
         for members, beta in ((knowledge_f, beta_k), (reasoning_f, beta_r)):
             if beta == 0:

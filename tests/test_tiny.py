@@ -199,11 +199,16 @@ def test_gold_completions_score_one_and_wrong_ones_zero(task, tokenizer, monkeyp
     assert heldout_accuracy(None, tokenizer, task, n=40) == pytest.approx(1 / 40)
 
 
-def test_scoring_needs_the_answer_after_think():
-    assert accuracy_module.score(
-        ["<think>1+2=3.</think> \\boxed{3}", "\\boxed{3}", "<think>\\boxed{3}</think>", "<think></think> 3"],
-        ["3"] * 4,
-    ) == [1.0, 0.0, 0.0, 0.0]
+def test_scoring_uses_the_math_reward_after_think():
+    completions = {
+        "<think>1+2=3.</think> \\boxed{3}": 1.0,
+        "\\boxed{3}": 1.0,  # no think block: the whole text is the answer region
+        "<think></think> \\boxed{4}": 0.0,
+        "<think>\\boxed{3}</think>": 0.0,  # the answer must come after </think>
+        "<think>1+2=3. \\boxed{3}": 0.0,  # think block never closed (truncated)
+        "<think></think> 3": 0.0,
+    }
+    assert accuracy_module.score(list(completions), ["3"] * len(completions)) == list(completions.values())
 
 
 def test_batched_left_padded_generation_matches_one_by_one(tokenizer, task):

@@ -26,24 +26,10 @@ class HeldoutResult:
 
 
 def score(completions: list[str], solutions: list[str]) -> list[float]:
-    """Grade with ``archer.rewards.math_reward`` (the training reward); an ungradable completion scores 0."""
-    try:
-        from archer.rewards import math_reward  # lazy: keeps importing archer.tiny light
-    except ImportError:  # TEMPORARY until archer.rewards lands: exact integer match of the last \\boxed{}
-        return [float(_last_boxed_int(c) == int(s)) for c, s in zip(completions, solutions, strict=True)]
+    """Grade with the training reward, ``archer.rewards.math_reward``; an ungradable row scores 0."""
+    from archer.rewards import math_reward  # lazy: importing archer.tiny stays light
+
     return [float(r or 0.0) for r in math_reward(completions, solution=solutions)]
-
-
-def _last_boxed_int(completion: str) -> int | None:
-    _, closed, tail = completion.rpartition(THINK_CLOSE)
-    _, boxed, rest = tail.rpartition("\\boxed{")
-    body, brace, _ = rest.partition("}")
-    if not (closed and boxed and brace):
-        return None
-    try:
-        return int(body)
-    except ValueError:
-        return None
 
 
 def shows_working(completion: str) -> bool:

@@ -92,8 +92,8 @@ def in_lcb_window(version: str):
 
 
 def arithmetic_heldout(model_path: str | None = None) -> list[dict[str, Any]]:
-    """The held-out arithmetic problems the trainer scored for this run (its ``config.yaml``: task settings,
-    ``heldout_examples``, ``heldout_seed``); without a run config, the task's reserved held-out set."""
+    """The held-out problems the trainer scored for this run: the task's reserved set, built from the run's
+    ``config.yaml`` (``data.task`` settings, first ``data.heldout_examples``); without one, the default task's."""
     from pathlib import Path
 
     import yaml
@@ -103,8 +103,7 @@ def arithmetic_heldout(model_path: str | None = None) -> list[dict[str, Any]]:
     config = Path(model_path or "") / "config.yaml"
     data = (yaml.safe_load(config.read_text()) or {}).get("data", {}) if model_path and config.is_file() else {}
     task = ArithmeticTask(**(data.get("task") or {}))
-    problems = task.heldout(data.get("heldout_examples") or None, data.get("heldout_seed"))
-    return [{"prompt": p.prompt, "solution": p.solution} for p in problems]
+    return [{"prompt": p.prompt, "solution": p.solution} for p in task.heldout(data.get("heldout_examples") or None)]
 
 
 def _task(

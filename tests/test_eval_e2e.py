@@ -26,7 +26,7 @@ def save_tiny(path: Path, seed: int, heldout: int = 6, sft_steps: int = 0) -> Pa
         )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "config.yaml").write_text(f"data:\n  heldout_examples: {heldout}\n  heldout_seed: 4242\n")
+    (path / "config.yaml").write_text(f"data:\n  task: {{heldout_seed: 4242}}\n  heldout_examples: {heldout}\n")
     return path
 
 
@@ -68,7 +68,7 @@ def test_default_make_eval_on_newest_run(workdir, capsys):
     from archer.rewards import math_reward
 
     # the trainer's held-out problems of this run (its config.yaml), graded by the training reward
-    problems = ArithmeticTask().heldout(6, 4242)[:3]
+    problems = ArithmeticTask(heldout_seed=4242).heldout(6)[:3]
     assert [d["prompt"] for d in details] == [p.prompt for p in problems]
     for row, problem in zip(details, problems, strict=True):
         assert len(row["completions"]) == k and row["gold"] == problem.solution

@@ -67,10 +67,10 @@ def test_arithmetic_task_is_the_trainers_heldout_set(tmp_path, tasks):
 
     module = load_task_module(MODULE)
     (tmp_path / "config.yaml").write_text(
-        "data:\n  task: {max_operand: 20}\n  heldout_examples: 7\n  heldout_seed: 99\n"
+        "data:\n  task: {max_operand: 20, heldout_seed: 99}\n  heldout_examples: 7\n"
     )
     got = module.arithmetic_heldout(str(tmp_path))
-    expected = ArithmeticTask(max_operand=20).heldout(7, 99)
+    expected = ArithmeticTask(max_operand=20, heldout_seed=99).heldout(7)
     assert got == [{"prompt": p.prompt, "solution": p.solution} for p in expected]
     assert len(module.arithmetic_heldout(None)) == ArithmeticTask().heldout_size
     doc = tasks["archer:arithmetic"].prompt_function(got[0])

@@ -248,16 +248,20 @@ def compute_objective(
     reasoning_f = reasoning.to(dtype)
     knowledge_f = valid_f - reasoning_f
 
-    # 4. r_t = exp(clamp(logp_t - old_logp_t, -20, 20)); padding gets r = 1.
+    # 4. r_t = exp(clamp(logp_t - old_logp_t, -20, 20)); padding gets r = 1. (Intermediate (B, T) tensors are
+    #    computed in place or dropped early below: on CPU, fresh memory costs page faults.)
     log_ratio = (logp - old).mul_(valid_f)
-    ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp_()
+    unclamped = log_ratio.abs() <= LOG_RATIO_BOUND if _beyond(log_ratio, LOG_RATIO_BOUND) else None  # rare
+    ratio = log_ratio.clamp_(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp_()
     # 5-6. pg_t = max(-A r, -A clip(r, 1 - low, 1 + high)) with the clip range of the token's class, then
     #    min(pg_t, -A c) where A < 0 (dual clip). Since -A x is monotone in x, this is pg_t = -A clamp(r, lower,
     #    upper) with [lower, upper] = [0, 1 + high] for A > 0 and [1 - low, c] for A < 0; its derivative in
     #    logp_t is -A r_t where r_t lies inside [lower, upper], else 0.
     lower, upper = _active_bounds(adv, reasoning_f, cfg)
     clipped = torch.clamp(ratio, lower, upper)
+    del lower, upper
     clip_side = (clipped - ratio).sign_()  # +1: lower bound active, -1: upper bound active, 0: inside
+    inside = clip_side.abs().neg_().add_(1.0)  # 1 where the clamp is not active (padding included)
     # 7. k3 KL toward the reference: d_t = clamp(ref_logp_t - logp_t, -20, 20), k_t = clamp(e^d - d - 1, -10, 10);
     #    its derivative in logp_t is -(e^d - 1) where neither clamp is active.
     kl = expm1_d = kl_inside = None
@@ -265,6 +269,7 @@ def compute_objective(
         d = (ref_logps.detach().to(dtype) - logp).mul_(valid_f).clamp_(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
         expm1_d = torch.expm1(d)
         kl = expm1_d - d  # k >= 0; a clamped d gives k > 10, so the k clamp also covers d's
+        del d
         if bool(kl.max() > KL_BOUND):
             kl_inside = kl <= KL_BOUND
             kl.clamp_(-KL_BOUND, KL_BOUND)
@@ -274,13 +279,14 @@ def compute_objective(
     pg_weight, kl_weight = _weights(valid_f, reasoning_f, knowledge_f, n_tokens, nonempty, cfg)
     weighted_adv = pg_weight * -adv
     pg_loss = torch.dot(weighted_adv.reshape(-1), clipped.reshape(-1))
+    del pg_weight, clipped
     use_kl = kl is not None and (cfg.knowledge_kl > 0 or cfg.reasoning_kl > 0)
     kl_loss = torch.dot(kl_weight.reshape(-1), kl.reshape(-1)) if use_kl else None
     loss = pg_loss if kl_loss is None else pg_loss + kl_loss
     if logps.requires_grad and torch.is_grad_enabled():
-        grad = (weighted_adv * ratio).mul_(clip_side.abs().neg_().add_(1.0))
-        if _beyond(log_ratio, LOG_RATIO_BOUND):  # the clamp of step 4 is active somewhere: no gradient there
-            grad.mul_(log_ratio.abs() <= LOG_RATIO_BOUND)
+        grad = (weighted_adv * ratio).mul_(inside)
+        if unclamped is not None:  # no gradient where the clamp of step 4 is active
+            grad.mul_(unclamped)
         if use_kl:
             kl_grad = kl_weight * expm1_d
             if kl_inside is not None:
@@ -290,7 +296,8 @@ def compute_objective(
 
     with torch.no_grad():
         metrics = _metrics(
-            valid_f, reasoning_f, knowledge_f, entropies, tau, nonempty, ratio, clip_side, adv, kl, pg_loss, kl_loss,
+            valid_f, reasoning_f, knowledge_f, entropies, tau, nonempty, ratio, clip_side, inside, adv, kl, pg_loss,
+            kl_loss,
         )  # fmt: skip
     return ObjectiveOutput(loss=loss, reasoning_mask=reasoning, metrics=metrics)
 
@@ -416,30 +423,40 @@ def _metrics(
     nonempty: Tensor,
     ratio: Tensor,
     clip_side: Tensor,
+    inside: Tensor,
     adv: Tensor,
     kl: Tensor | None,
     pg_loss: Tensor,
     kl_loss: Tensor | None,
 ) -> dict[str, float]:
-    """All metrics as reductions stacked into one tensor, moved to the host once."""
+    """All metrics as reductions stacked into one tensor, moved to the host once.
+
+    Per-response clip counts come from sums of clip_side (raised - lowered) and of inside (n - raised - lowered),
+    where "raised" is the lower bound being active (A < 0 and r < 1 - low) and "lowered" the upper one (A > 0 and
+    r > 1 + high: the clip, or A < 0 and r > c: the dual clip).
+    """
     dtype = ratio.dtype
     flat = lambda x: x.reshape(-1)  # noqa: E731
-    positive, negative = (adv > 0).to(dtype), (adv < 0).to(dtype)
-    raised = clip_side.clamp(min=0)  # lower bound active: A < 0 and r < 1 - low
-    # upper bound active, per response: A > 0 and r > 1 + high (clip), or A < 0 and r > c (dual clip)
-    lowered = clip_side.clamp(max=0)
-    lowered_all, lowered_reasoning = -lowered.sum(-1), -(lowered * reasoning_f).sum(-1)
+    scratch = torch.empty_like(ratio)  # one buffer for the per-response dot products (faster than bmm on CPU)
+    row_dot = lambda a, b: torch.mul(a, b, out=scratch).sum(-1)  # noqa: E731
+    positive, negative = (adv > 0).to(dtype).view(-1), (adv < 0).to(dtype).view(-1)
+    n_reasoning, n_valid = reasoning_f.sum(-1), valid_f.sum(-1)
+    outside_r = n_reasoning - row_dot(inside, reasoning_f)  # raised + lowered, per response
+    outside_all = n_valid - row_dot(inside, valid_f)
+    side_r, side_all = row_dot(clip_side, reasoning_f), clip_side.sum(-1)  # raised - lowered (0 on padding)
+    raised_r, raised_all = (outside_r + side_r) / 2, (outside_all + side_all) / 2
+    lowered_r, lowered_all = (outside_r - side_r) / 2, (outside_all - side_all) / 2
     zero = torch.zeros((), dtype=dtype, device=ratio.device)
     threshold = torch.where(nonempty, tau, 0.0).sum() / nonempty.sum().clamp(min=1) if tau.shape[0] > 1 else tau
     sums = torch.stack(
         [
-            valid_f.sum(),
-            reasoning_f.sum(),
-            raised.sum(),
-            torch.dot(flat(raised), flat(reasoning_f)),
-            torch.dot(lowered_all, flat(positive)),
-            torch.dot(lowered_reasoning, flat(positive)),
-            torch.dot(lowered_all, flat(negative)),
+            n_valid.sum(),
+            n_reasoning.sum(),
+            raised_all.sum(),
+            raised_r.sum(),
+            torch.dot(lowered_all, positive),
+            torch.dot(lowered_r, positive),
+            torch.dot(lowered_all, negative),
             torch.dot(flat(ratio), flat(knowledge_f)),
             torch.dot(flat(ratio), flat(reasoning_f)),
             zero if kl is None else torch.dot(flat(kl), flat(knowledge_f)),

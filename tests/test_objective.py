@@ -444,3 +444,16 @@ def test_bench_quick_rows_follow_the_contract():
         assert isinstance(row["ratio"], float) and row["ratio"] > 0
         assert row["target"] is None or isinstance(row["target"], str)
         assert isinstance(row["note"], str)
+
+
+@pytest.mark.parametrize(("rows", "length"), [(0, 5), (3, 0)])
+@pytest.mark.parametrize("scope", ["response", "batch"])
+def test_empty_micro_batch_shapes(rows, length, scope):
+    logps = torch.zeros(rows, length, requires_grad=True)
+    zeros = torch.zeros(rows, length)
+    out = compute_objective(
+        logps, None, None, torch.zeros(rows), zeros, zeros, ObjectiveConfig(quantile_scope=scope, **NO_KL)
+    )
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and logps.grad.shape == (rows, length)
+    assert all(v == 0.0 for v in out.metrics.values())

@@ -447,7 +447,8 @@ def _metrics(
     raised_r, raised_all = (outside_r + side_r) / 2, (outside_all + side_all) / 2
     lowered_r, lowered_all = (outside_r - side_r) / 2, (outside_all - side_all) / 2
     zero = torch.zeros((), dtype=dtype, device=ratio.device)
-    threshold = torch.where(nonempty, tau, 0.0).sum() / nonempty.sum().clamp(min=1) if tau.shape[0] > 1 else tau
+    # mean threshold over the non-empty responses (the batch threshold repeats: its mean is itself)
+    threshold = torch.where(nonempty, tau, 0.0).sum() / nonempty.sum().clamp(min=1)
     sums = torch.stack(
         [
             n_valid.sum(),
@@ -462,7 +463,7 @@ def _metrics(
             zero if kl is None else torch.dot(flat(kl), flat(knowledge_f)),
             zero if kl is None else torch.dot(flat(kl), flat(reasoning_f)),
             torch.dot(flat(entropies), flat(valid_f)),
-            torch.nan_to_num(threshold.reshape(()), nan=0.0),
+            threshold,
             pg_loss.detach(),
             zero if kl_loss is None else kl_loss.detach(),
         ]

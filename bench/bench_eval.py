@@ -63,7 +63,7 @@ def _reference(backend: TransformersBackend, ids: list[list[int]], sampling: Sam
 def run(quick: bool = False) -> list[dict]:
     suite = load_suite(ROOT / "eval" / "suites" / "tiny.yaml")
     (spec,) = suite.tasks
-    n, repeats = (4, 1) if quick else (32, 3)
+    n, repeats = (4, 1) if quick else (16, 3)
     sampling = Sampling(2 if quick else spec.k, spec.temperature, spec.top_p, 8 if quick else spec.max_new_tokens)
     config = {c.name: c for c in load_task_module(suite.module).TASKS_TABLE}[spec.task]
     rows = load_task_module(suite.module).LOCAL_DATASETS[spec.task](None)[:n]

@@ -10,6 +10,7 @@ before the reward sees them.
 from __future__ import annotations
 
 import random
+import re
 import string
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -25,6 +26,7 @@ MARKER_TOKENS = (THINK_OPEN, THINK_CLOSE, BOXED_OPEN)
 _ALPHABET_TEXT = string.printable.replace("\x0b", "").replace("\x0c", "")
 _CORPUS_PROBLEMS = 4000
 _CORPUS_SEED = 0
+_MARKER_RE = re.compile("|".join(re.escape(m) for m in MARKER_TOKENS))
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -37,20 +39,17 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def _corpus(task: ArithmeticTask) -> list[str]:
-    """Prompts and completions of the task with the marker tokens removed (they are added whole, not learnt)."""
+    """Training prompts and completions, cut at the marker tokens as encoding does (markers are added whole)."""
     rng = random.Random(_CORPUS_SEED)
     texts = []
     for _ in range(_CORPUS_PROBLEMS):
-        problem = task._draw(rng)
-        completion = problem.worked
-        for marker in MARKER_TOKENS:
-            completion = completion.replace(marker, " ")
-        texts += [problem.prompt, completion]
+        problem = task.sample(rng)
+        texts += [problem.prompt, *(piece for piece in _MARKER_RE.split(problem.worked) if piece)]
     return texts
 
 
 def build_tokenizer(vocab_size: int = 128, task: ArithmeticTask | None = None) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of ``vocab_size`` entries (base alphabet + merges) on ``task``'s text, offline.
+    """Train a byte-level BPE of at most ``vocab_size`` entries (printable ASCII + merges) on ``task``'s text, offline.
 
     Deterministic: the same arguments give the same vocabulary. ``eos`` and ``pad`` are ``<|endoftext|>`` (id 0),
     as in Qwen2; the three marker tokens come after the BPE vocabulary.

@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install train dry-run eval card push bench test test-fast quality style clean
+.PHONY: help install install-gpu serve-vllm train dry-run eval card push bench test test-fast quality style clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	@touch $@
 
 install: $(STAMP) ## create .venv with the pinned CPU dependency set
+
+install-gpu: ## create .venv with the pinned GPU set (CUDA torch 2.13 + vLLM 0.30; NVIDIA driver 580+)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -c constraints-gpu.txt $(PIP_EXTRA) -e '.[dev,gpu]'
+	@touch $(STAMP)
+
+serve-vllm: $(STAMP) ## serve RECIPE's model for vLLM server-mode rollouts (VLLM_DP, VLLM_TP, VLLM_PORT)
+	PYTHON=$(BIN)/python TRL=$(BIN)/trl slurm/serve_vllm.sh $(RECIPE) $(ARGS)
 
 train: $(STAMP) ## train RECIPE (default: the embedded tiny model); ACCELERATE=<config> for several processes
 	$(LAUNCH) train $(RECIPE) $(ARGS)

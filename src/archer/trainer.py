@@ -55,6 +55,9 @@ class ArcherConfig(GRPOConfig):
         if self.bf16 is None:  # TRL's default is bf16 everywhere; on a machine without bf16 support use float32
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if not torch.cuda.is_available():
+            # Without CUDA, say so explicitly: accelerate then runs several launched processes as MULTI_CPU (gloo)
+            # instead of as independent single-process runs.
+            self.use_cpu = True
             self.dataloader_pin_memory = False  # nothing to pin to; silences a warning per epoch
         super().__post_init__()
 

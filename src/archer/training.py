@@ -7,6 +7,7 @@ folder's summary files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -78,32 +79,57 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
         if recipe.model.is_tiny and recipe.data.heldout_examples:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
-            summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
+            with local_model_context():  # loading and generate() alike: no ZeRO-3 collectives on one process
+                model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+                summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
         (out / TRAIN_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
         write_card(out)
     state.wait_for_everyone()
     return summary
 
 
+@contextlib.contextmanager
+def local_model_context():
+    """Build / load a model on one process as a plain module, even when the run uses DeepSpeed ZeRO-3.
+
+    Under ZeRO-3, transformers partitions every model it builds across processes (zero.Init); a model that only
+    the main process touches (the tiny warm start, held-out scoring) would then wait forever for the others.
+    """
+    from transformers.integrations import deepspeed
+
+    saved = deepspeed._hf_deepspeed_config_weak_ref  # private: transformers is pinned exactly
+    deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any]]:
     """The path RL starts from. For the tiny model: build + SFT once (main process first), reused on resume."""
     if not recipe.model.is_tiny:
         return recipe.model.name_or_path, {}
-    from archer import tiny
 
     sft_dir = out / SFT_DIR
     with state.main_process_first():
         if state.is_main_process and not (sft_dir / SFT_RESULTS).exists():
-            task = _task(recipe)
-            model_cfg = tiny.TinyModelConfig(**recipe.model.tiny)
-            sft_cfg = recipe.sft if recipe.sft is not None else tiny.SFTConfig()
-            model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task)
-            summary = {"sft": stats}
-            if recipe.data.heldout_examples:
-                summary.update(_heldout(recipe, model, tokenizer, "before"))
-            (sft_dir / SFT_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+            with local_model_context():
+                _warm_start(recipe, sft_dir)
     return str(sft_dir), json.loads((sft_dir / SFT_RESULTS).read_text())
+
+
+def _warm_start(recipe: Recipe, sft_dir: Path) -> None:
+    """Build the tiny model, SFT it on the task, save it, and score it on the held-out set."""
+    from archer import tiny
+
+    task = _task(recipe)
+    model_cfg = tiny.TinyModelConfig(**recipe.model.tiny)
+    sft_cfg = recipe.sft if recipe.sft is not None else tiny.SFTConfig()
+    model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task)
+    summary = {"sft": stats}
+    if recipe.data.heldout_examples:
+        summary.update(_heldout(recipe, model, tokenizer, "before"))
+    (sft_dir / SFT_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _task(recipe: Recipe):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 DEFAULT_RECIPE = "recipes/tiny/archer.yaml"
 
@@ -24,17 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.recipe import load_recipe
-
-    if args.dry_run and args.num_processes:
-        os.environ["WORLD_SIZE"] = str(args.num_processes)  # GRPOConfig's batch checks read the world size
-    recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
-        from archer.plan import describe
+        from archer.plan import describe, load_recipe_for_plan
 
+        recipe = load_recipe_for_plan(args.recipe, args.overrides)
         print(describe(recipe, num_processes=args.num_processes))
         return 0
 
+    from archer.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
     from archer.training import run_training
 
     quiet_third_party()

@@ -237,10 +237,10 @@ def test_prepare_tiny_model_saves_a_loadable_folder(tmp_path, task):
 
 @pytest.mark.slow
 def test_short_sft_learns_the_task(tokenizer, task):
-    # Accuracy rises sharply with steps (measured on 500 held-out: 800 steps 8 %, 1200 steps 25 %, 2500 steps 58 %).
+    # Accuracy rises sharply with steps (500 held-out, seed 0: 1200 steps 15 %, 2000 steps 72 %, 2500 steps 68 %).
     model = build_model(tokenizer, seed=0)
     before = heldout_accuracy(model, tokenizer, task, n=200)
-    run_sft(model, tokenizer, task, SFTConfig(steps=1200, batch_size=64, warmup_steps=20, log_every=400))
+    run_sft(model, tokenizer, task, SFTConfig(steps=1500, batch_size=64, warmup_steps=20, log_every=500))
     after = evaluate_heldout(model, tokenizer, task, n=200)
     assert before < 0.05
     assert after.accuracy > before + 0.10, (before, after.accuracy)

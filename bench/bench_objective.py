@@ -9,7 +9,6 @@ turn thread synchronisation into noise; the peak-memory rows run each side in a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -192,17 +191,7 @@ def run(quick: bool = False) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    args = parser.parse_args()
-    for row in run(quick=args.quick):
-        target = row["target"] or "-"
-        print(
-            f"{row['figure']}\n    ours {row['ours']} | reference {row['reference']} | ratio {row['ratio']:.3f}"
-            f" | target {target}\n    {row['note']}"
-        )
-
-
 if __name__ == "__main__":
-    main()
+    from run import standalone
+
+    sys.exit(standalone(run))

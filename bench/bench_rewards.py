@@ -8,7 +8,6 @@ warm-up of both, and compared by their medians (time.perf_counter).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
@@ -145,17 +144,7 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
-    args = parser.parse_args()
-    for row in run(quick=args.quick):
-        target = row["target"] or "-"
-        print(
-            f"{row['figure']}\n    ours {row['ours']} | reference {row['reference']} | ratio {row['ratio']:.3f}"
-            f" | target {target}\n    {row['note']}"
-        )
-
-
 if __name__ == "__main__":
-    main()
+    from run import standalone
+
+    sys.exit(standalone(run))

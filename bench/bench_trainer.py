@@ -86,6 +86,7 @@ def _trainers(model_dir: Path, out: Path, batch: int, completion_len: int) -> di
             processing_class=tokenizer,
         )
         trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # normally set by the training loop
         trainers[name] = (trainer, next(iter(trainer.get_train_dataloader())))
     return trainers
 
@@ -143,6 +144,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from run import format_table
+    from run import standalone
 
-    print(format_table(run(quick="--quick" in sys.argv)))
+    sys.exit(standalone(run))

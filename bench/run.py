@@ -51,6 +51,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def standalone(run, argv: list[str] | None = None) -> int:
+    """Entry point of a bench module run on its own: ``python bench/bench_x.py [--quick]`` prints its rows."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, numbers mean little")
+    args = parser.parse_args(argv)
+    print(format_table(run(quick=args.quick)))
+    return 0
+
+
 def machine() -> str:
     import torch
 

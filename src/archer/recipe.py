@@ -47,8 +47,17 @@ class ModelArgs:
     tiny: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "archer.tiny.TinyModelConfig fields (only for name_or_path: tiny)."}
     )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch intra-op threads per process (None: torch's default). A tiny model's matrices are too "
+            "small to split: one thread avoids the threads' synchronisation and is faster, most of all on a busy CPU."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads: must be >= 1 (got {self.cpu_threads})")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.tiny and not self.is_tiny:

@@ -39,6 +39,10 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     from accelerate import PartialState
 
     state = PartialState()
+    if recipe.model.cpu_threads:
+        import torch
+
+        torch.set_num_threads(recipe.model.cpu_threads)
     args = recipe.trainer
     out = Path(args.output_dir)
     checkpoint = last_checkpoint(out) if resume else None

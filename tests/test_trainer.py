@@ -145,35 +145,33 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_loses_and_repeats_no_step(tmp_path):
-    run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "archer.cli",
-        "train",
-        str(SMOKE),
-        f"trainer.output_dir={run}",
-        "trainer.max_steps=8",
-    ]
+    run, steps = tmp_path / "run", 40
+    overrides = [f"trainer.output_dir={run}", f"trainer.max_steps={steps}", "trainer.save_steps=4"]
+    args = [sys.executable, "-m", "archer.cli", "train", str(SMOKE), *overrides]
     proc = subprocess.Popen(
         args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 600
     while not (run / "checkpoint-4" / "trainer_state.json").exists():
-        assert proc.poll() is None, "run ended before its checkpoint"
+        assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.time() < deadline
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = max(read_steps(run))
-    assert 4 <= killed_at < 8
+    assert 4 <= killed_at < steps, "the kill must land mid-run"
+    resumed_from = max(
+        int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+    )
 
-    resumed = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", "trainer.max_steps=8", cwd=REPO)
+    resumed = run_cli("train", str(SMOKE), *overrides, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert read_steps(run) == list(range(1, 9))  # each optimizer step logged exactly once
-    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state["global_step"] == 8
-    assert json.loads((run / "train_results.json").read_text())["global_step"] == 8
+    assert f"resuming from {run / f'checkpoint-{resumed_from}'}" in resumed.stderr
+    assert read_steps(run) == list(range(1, steps + 1))  # each optimizer step logged exactly once
+    state = json.loads((run / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert state["global_step"] == steps
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, steps + 1))
+    assert json.loads((run / "train_results.json").read_text())["global_step"] == steps
 
 
 @pytest.mark.slow

@@ -457,3 +457,33 @@ def test_empty_micro_batch_shapes(rows, length, scope):
     out.loss.backward()
     assert out.loss.item() == 0.0 and logps.grad.shape == (rows, length)
     assert all(v == 0.0 for v in out.metrics.values())
+
+
+def test_token_weights_scale_the_policy_gradient_term_only():
+    torch.manual_seed(0)
+    logps = (torch.randn(3, 5) * 0.1 - 1).requires_grad_()
+    old = logps.detach() + 0.05 * torch.randn(3, 5)
+    ref = logps.detach() + 0.05 * torch.randn(3, 5)
+    adv, ent = torch.tensor([1.0, -0.5, 0.3]), torch.rand(3, 5)
+    mask = torch.ones(3, 5)
+    mask[2, 3:] = 0
+    archer, no_kl = ObjectiveConfig.preset("archer"), ObjectiveConfig.preset("archer", knowledge_kl=0.0)
+    base = compute_objective(logps, old, None, adv, ent, mask, no_kl).loss
+    doubled = compute_objective(logps, old, None, adv, ent, mask, no_kl, token_weights=torch.full((3, 5), 2.0)).loss
+    assert torch.allclose(doubled, 2 * base)
+
+    weights = torch.ones(3, 5)
+    weights[0, 1] = 0.0  # this token's policy-gradient term is switched off
+    weights[2, 4] = float("nan")  # unscored padding: ignored
+    out = compute_objective(logps, old, None, adv, ent, mask, no_kl, token_weights=weights)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and logps.grad[0, 1] == 0 and logps.grad[0, 0] != 0
+
+    weighted = compute_objective(logps, old, ref, adv, ent, mask, archer, token_weights=weights).metrics
+    plain = compute_objective(logps, old, ref, adv, ent, mask, archer).metrics
+    assert weighted["knowledge/kl"] == plain["knowledge/kl"] and weighted["loss/kl"] == plain["loss/kl"]
+
+    logps.grad = None  # sequence-level weights (B, 1) broadcast over the tokens
+    per_seq = torch.tensor([[1.0], [0.0], [1.0]])
+    compute_objective(logps, old, None, adv, ent, mask, no_kl, token_weights=per_seq).loss.backward()
+    assert torch.all(logps.grad[1] == 0) and torch.any(logps.grad[0] != 0)

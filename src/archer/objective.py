@@ -201,6 +201,7 @@ def compute_objective(
     entropies: Tensor,
     mask: Tensor,
     cfg: ObjectiveConfig,
+    token_weights: Tensor | None = None,
 ) -> ObjectiveOutput:
     """The dual-token clipped objective of one micro-batch (a loss to minimise).
 
@@ -214,6 +215,9 @@ def compute_objective(
             ignored entirely. Padding positions of the other inputs may hold any finite values: they change
             neither the loss nor its gradient.
         cfg: the settings.
+        token_weights: optional (B, T) weights on each token's policy-gradient term, without gradient: TRL's
+            importance-sampling correction for the mismatch between vLLM's sampling and the trainer's log-probs.
+            The KL term and the metrics are unweighted.
 
     Computed in float32 for half-precision inputs (float64 stays float64). The gradient is computed in the same
     pass as the loss (see ``_LossWithGradient``), so the loss supports one backward, not double backward.
@@ -277,6 +281,8 @@ def compute_objective(
     # 8-9. Per-response means, then the mean over responses, written as one weight per token (see _weights):
     #    loss = sum_t w_t pg_t + sum_t v_t k_t.
     pg_weight, kl_weight = _weights(valid_f, reasoning_f, knowledge_f, n_tokens, nonempty, cfg)
+    if token_weights is not None:
+        pg_weight = pg_weight * torch.nan_to_num(token_weights.detach().to(dtype), nan=0.0)  # NaN: unscored padding
     weighted_adv = pg_weight * -adv
     pg_loss = torch.dot(weighted_adv.reshape(-1), clipped.reshape(-1))
     del pg_weight, clipped

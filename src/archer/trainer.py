@@ -130,6 +130,8 @@ class ArcherTrainer(GRPOTrainer):
             entropies,
             mask,
             self.objective_config,
+            # TRL's truncated importance sampling for vLLM rollouts (present only when that correction is on)
+            token_weights=inputs.get("importance_sampling_ratio"),
         )
         mode = "train" if self.model.training else "eval"
         loss = out.loss

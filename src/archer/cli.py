@@ -15,7 +15,10 @@ from archer.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("archer.commands.train", "train a model from a YAML recipe (SFT warm-start + Archer RL for tiny recipes)"),
+    "train": (
+        "archer.commands.train",
+        "train a model from a YAML recipe (SFT warm-start + Archer RL for tiny recipes)",
+    ),
     "eval": ("archer.commands.evaluate", "evaluate a model on a benchmark suite (lighteval; vLLM or transformers)"),
     "card": ("archer.commands.card", "render the model card (README.md) of a run folder"),
     "push": ("archer.commands.push", "render the card and push a run folder to the Hugging Face Hub"),
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"archer {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         return int(module.run(args) or 0)
     except UserError as err:

@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-gpu serve-vllm train dry-run eval card push bench test test-fast quality style clean
+.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,10 +65,16 @@ push: $(STAMP) ## push MODEL (a run folder) to the Hub as REPO [REVISION=branch]
 bench: $(STAMP) ## measure Archer's cost as ratios against references; writes bench/results/<date>.md
 	$(BIN)/python bench/run.py $(ARGS)
 
-test: $(STAMP) ## run the whole offline test suite (end-to-end tests included)
+system-deps: ## bubblewrap, the code sandbox (installed with apt-get when run as root)
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else echo "error: bubblewrap is needed by the code sandbox and its tests: sudo apt-get install bubblewrap"; exit 2; fi; }
+
+test: $(STAMP) system-deps ## run the whole offline test suite (end-to-end tests included)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the tests not marked slow
+test-fast: $(STAMP) system-deps ## the tests not marked slow
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 quality: $(STAMP) ## lint and format check (ruff)

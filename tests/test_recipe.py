@@ -116,3 +116,10 @@ def test_cli_exit_code_two_and_nothing_written(tmp_path):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: ") and "trainer.learnin_rate" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_pushes_need_a_repo(tmp_path):
+    path = write(tmp_path, base(tmp_path, push_checkpoints=True))
+    with pytest.raises(UserError, match="push_checkpoints needs hub_model_id"):
+        load_recipe(path)
+    assert not (tmp_path / "out").exists()

@@ -225,12 +225,11 @@ def _coerce(value: Any, hint: Any) -> Any:
         return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option)
-            except TypeError as err:
-                errors.append(str(err))
+            except TypeError:
+                continue
         raise TypeError(f"expected {_name(hint)}, got {value!r}")
     if origin is typing.Literal:
         if value in typing.get_args(hint):

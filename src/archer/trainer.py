@@ -50,6 +50,10 @@ class ArcherConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.push_checkpoints and not self.hub_model_id:
+            raise ValueError(
+                "push_checkpoints needs hub_model_id (the Hub repo, org/name, that receives the branches)"
+            )
         objective = self.objective_config()  # validates preset and overrides
         self.beta = max(objective.knowledge_kl, objective.reasoning_kl)
         if self.bf16 is None:  # TRL's default is bf16 everywhere; on a machine without bf16 support use float32

@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from archer.errors import UserError
 from archer.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -195,8 +194,6 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs)
     if args.push_checkpoints:
         from archer.hub import CheckpointPusher
 
-        if not args.hub_model_id:
-            raise UserError(f"{recipe.path}: trainer.push_checkpoints needs trainer.hub_model_id (org/name)")
         callbacks.append(
             CheckpointPusher(
                 args.hub_model_id, branch_prefix=args.checkpoint_revision_prefix, private=bool(args.hub_private_repo)

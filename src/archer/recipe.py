@@ -121,8 +121,7 @@ class Recipe:
     path: Path
     model: ModelArgs
     data: DataArgs
-    objective: dict[str, Any]
-    trainer: Any  # archer.trainer.ArcherConfig
+    trainer: Any  # archer.trainer.ArcherConfig (holds the objective preset and overrides)
     sft: Any | None  # archer.tiny.SFTConfig
     raw: dict[str, Any]
 
@@ -196,7 +195,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise UserError(f"{path}: data.dataset: the tiny model only knows the built-in tasks {BUILTIN_DATASETS}")
     if data.is_builtin:
         _check_builtin_task(data, path)
-    return Recipe(path=path, model=model, data=data, objective=objective, trainer=trainer, sft=sft, raw=raw)
+    return Recipe(path=path, model=model, data=data, trainer=trainer, sft=sft, raw=raw)
 
 
 def build_dataclass(cls: type, block: dict[str, Any], path: Path, where: str) -> Any:

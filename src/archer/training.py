@@ -66,7 +66,6 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
         from archer.card import write_card
         from archer.plots import plot_run
 
-        trainer.processing_class.save_pretrained(str(out))
         plot_run(out)
         summary = {
             "global_step": trainer.state.global_step,

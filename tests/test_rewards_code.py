@@ -24,7 +24,7 @@ from archer.rewards import (
     grade_code,
     normalize_tests,
 )
-from archer.rewards.livecodebench import RESULT_MARKER, functional_matches, stdout_matches
+from archer.rewards.livecodebench import functional_matches, stdout_matches
 from archer.sandbox import SandboxUnavailable, sandbox_available
 
 PROBLEMS = {p["question_id"]: p for p in json.loads((Path(__file__).parent / "data/code/problems.json").read_text())}
@@ -86,11 +86,13 @@ def test_stdout_rule(output: str, expected: str, match: bool) -> None:
 
 
 def test_functional_rule() -> None:
-    line = RESULT_MARKER + json.dumps([0, 1])
-    assert functional_matches(f"debug print\n{line}\n", "[0, 1]")
-    assert not functional_matches(f"{line}\n", "[1, 0]")
-    assert functional_matches(RESULT_MARKER + "2.0\n", "2")
-    assert not functional_matches("[0, 1]\n", "[0, 1]")  # a bare print is not the harness's result
+    assert functional_matches("[0, 1]\n", "[0, 1]")
+    assert not functional_matches("[0, 1]\n", "[1, 0]")
+    assert functional_matches("2.0\n", "2")
+    assert not functional_matches("", "[0, 1]")  # no report
+    assert not functional_matches("[0, 1]", "[0, 1]")  # an unfinished report
+    assert not functional_matches("[0, 1]\n[0, 1]\n", "[0, 1]")  # two reports: someone besides the harness wrote
+    assert not functional_matches(None, "[0, 1]")
 
 
 def test_decode_lcb_private_tests_and_refuse_malicious_pickles(tmp_path: Path) -> None:
@@ -227,3 +229,62 @@ def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
 def test_code_reward_names_the_bad_row() -> None:
     with pytest.raises(UserError, match="row 1: code test 0 has testtype"):
         code_reward(["x", "y"], tests=[[{"input": "", "output": ""}], [{"input": "", "output": "", "testtype": "x"}]])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The result channel of functional tests cannot be written by the solution; any text yields a score.
+
+_PAIRS_TESTS = [{"input": "[2,7,11,15]\n9", "output": "[0, 1]", "testtype": "functional"}]
+_FORGERIES = {
+    # Print the old result line (marker + answer) after the harness, from an atexit hook.
+    "atexit_print": (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stdout.write('\\n\\x1earcher-result\\x1e[0, 1]\\n'))\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        return -1\n"
+    ),
+    # Write a report line on the report descriptor, at import and from an atexit hook.
+    "report_fd": (
+        "import atexit, os\n"
+        "for fd in range(3, 16):\n"
+        "    try:\n        os.write(fd, b'[0, 1]\\n')\n    except OSError:\n        pass\n"
+        "atexit.register(lambda: os.write(3, b'[0, 1]\\n'))\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        return -1\n"
+    ),
+    # A child left behind writes a report after the harness's.
+    "child_after": (
+        "import os, time\n"
+        "if os.fork() == 0:\n    time.sleep(0.3)\n    os.write(3, b'[0, 1]\\n')\n    os._exit(0)\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        return -1\n"
+    ),
+    # Report the answer through /proc/self/fd instead of the descriptor itself.
+    "proc_fd": (
+        "import os\n"
+        "for name in os.listdir('/proc/self/fd'):\n"
+        "    try:\n        with open(f'/proc/self/fd/{name}', 'w') as f:\n            f.write('[0, 1]\\n')\n"
+        "    except OSError:\n        pass\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        return -1\n"
+    ),
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("attack", sorted(_FORGERIES))
+def test_forged_results_fail(attack: str) -> None:
+    result = grade_code(_FORGERIES[attack], _PAIRS_TESTS, fn_name="twoSum", timeout_s=3.0)
+    assert not result.passed, (attack, result)
+    honest = _FORGERIES[attack].replace("return -1", "return [0, 1]")
+    if attack == "atexit_print":  # the same program, returning the answer, passes: only the channel changed
+        assert grade_code(honest, _PAIRS_TESTS, fn_name="twoSum", timeout_s=3.0).passed
+
+
+@needs_bwrap
+def test_any_completion_text_gets_a_score() -> None:
+    tests = [{"input": "", "output": "1"}]
+    completions = [
+        _fenced("print('\ud800')\n"),  # a lone surrogate inside the code
+        "\ud83d<think>\udfff</think>```python\nprint(1)\n```",  # and around it: the code itself is fine
+        _fenced("print('\udcff')\n"),  # a surrogate escape: a byte that is not UTF-8
+        _fenced("print('\x00')\n"),
+        "\udc80" * 1000,
+    ]
+    assert code_reward(completions, tests=[tests] * len(completions)) == [0.0, 1.0, 0.0, 0.0, 0.0]

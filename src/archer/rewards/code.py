@@ -33,7 +33,8 @@ _DETAIL_CHARS = 300
 
 @dataclass(frozen=True)
 class TestOutcome:
-    """One test's verdict. ``status``: passed, wrong_answer, runtime_error, timeout, output_limit, skipped, budget."""
+    """One test's verdict. ``status``: passed, wrong_answer, runtime_error, timeout, output_limit, memory_limit,
+    skipped, budget."""
 
     __test__ = False  # not a pytest class
 
@@ -80,12 +81,17 @@ def _judge(result: sandbox.ExecResult, test: dict[str, str], index: int, budget_
         return TestOutcome(index, False, "budget" if budget_cut else "timeout", result.wall_s)
     if result.output_limit_exceeded:
         return TestOutcome(index, False, "output_limit", result.wall_s)
+    if result.memory_limit_exceeded:
+        return TestOutcome(index, False, "memory_limit", result.wall_s)
     if result.returncode != 0:
         return TestOutcome(index, False, "runtime_error", result.wall_s, result.stderr[-_DETAIL_CHARS:])
-    matches = functional_matches if test["testtype"] == "functional" else stdout_matches
-    if matches(result.stdout, test["output"]):
+    if test["testtype"] == "functional":  # the harness's report, on its own channel
+        got, matches = result.report or "", functional_matches(result.report, test["output"])
+    else:
+        got, matches = result.stdout, stdout_matches(result.stdout, test["output"])
+    if matches:
         return TestOutcome(index, True, "passed", result.wall_s)
-    detail = f"expected {test['output'][:_DETAIL_CHARS]!r}, got {result.stdout[-_DETAIL_CHARS:]!r}"
+    detail = f"expected {test['output'][:_DETAIL_CHARS]!r}, got {got[-_DETAIL_CHARS:]!r}"
     return TestOutcome(index, False, "wrong_answer", result.wall_s, detail)
 
 
@@ -124,7 +130,8 @@ class _Grading:
         limit = min(self.timeout_s, remaining)
         test = self.tests[index]
         program, stdin = build_program(self.code, test, self.fn_name)
-        result = sandbox.run_python(program, stdin, timeout_s=limit, memory_mb=self.memory_mb)
+        functional = test["testtype"] == "functional"  # reports on its own channel
+        result = sandbox.run_python(program, stdin, timeout_s=limit, memory_mb=self.memory_mb, report=functional)
         outcome = _judge(result, test, index, budget_cut=limit < self.timeout_s)
         if not outcome.passed and self.stop_on_failure:
             self._stop.set()

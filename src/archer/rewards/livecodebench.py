@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from archer.errors import UserError
+from archer.sandbox import REPORT_FD
 
 TEST_TYPES = ("stdin", "functional")
 _MAX_DECODED_BYTES = 1 << 30  # a compressed test field inflating past this is refused (a zip bomb, not tests)
@@ -34,11 +35,23 @@ PRELUDE = (
     "import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics, itertools, "
     "functools, operator, io, sys, json, typing; sys.setrecursionlimit(50000)\n"
 )
-RESULT_MARKER = "\x1earcher-result\x1e"
 
 # Appended after the solution for a functional test. The arguments are embedded in the program (not sent on
-# stdin, which the solution may consume at import), and the solution's own prints go to /dev/null during the
-# call, so the last marker line on stdout is the harness's.
+# stdin, which the solution may consume at import); the solution's own prints go to /dev/null during the call.
+#
+# The result travels on its own pipe (the sandbox's REPORT_FD), never on stdout, as one JSON line, after which the
+# process ends at once (os._exit: no atexit hook, finalizer or thread of the solution runs after the report).
+# The grader accepts a run only with exactly one line on that pipe and exit status 0.
+#
+# Threat model. The solution runs in this same process, before the harness: it can read and patch anything in
+# it (memory, modules, descriptors, /proc/self), so no secret and no descriptor can be hidden from it here, and
+# it can always decide what value the harness reports: that is no more than returning that value, and the
+# expected output never enters the sandbox, so it must still compute the right answer. (A trusted reporter in a
+# second process, holding a descriptor closed to the solution, would not change this: the solution would still
+# choose what it hands over.) What the channel guarantees is that nothing *else* counts: no printed line however
+# it imitates a result, no report written before or after the harness's (from an atexit hook, a thread, a child
+# left behind, /proc/self/fd/3: each makes a second line and fails the test), and no report from a run that
+# then fails.
 _FUNCTIONAL_HARNESS = """
 def __archer_call():
     import json as _json, os as _os, sys as _sys
@@ -53,8 +66,12 @@ def __archer_call():
         _sys.stdout = _out
     if isinstance(_result, tuple):
         _result = list(_result)
-    _out.write("\\n" + {marker!r} + _json.dumps(_result) + "\\n")
-    _out.flush()
+    _line = memoryview((_json.dumps(_result) + "\\n").encode())
+    for _stream in (_sys.stdout, _sys.stderr):
+        _stream.flush()
+    while _line:
+        _line = _line[_os.write({report_fd}, _line) :]
+    _os._exit(0)
 
 
 __archer_call()
@@ -135,10 +152,10 @@ def _as_text(value: Any) -> str:
 
 
 def build_program(code: str, test: dict[str, str], fn_name: str | None) -> tuple[str, str]:
-    """The program text and stdin for running ``code`` on one test."""
+    """The program text and stdin for running ``code`` on one test (a functional one reports on REPORT_FD)."""
     if test["testtype"] == "stdin":
         return PRELUDE + code, test["input"]
-    harness = _FUNCTIONAL_HARNESS.format(raw=test["input"], fn_name=fn_name, marker=RESULT_MARKER)
+    harness = _FUNCTIONAL_HARNESS.format(raw=test["input"], fn_name=fn_name, report_fd=REPORT_FD)
     return PRELUDE + code + "\n" + harness, ""
 
 
@@ -172,20 +189,19 @@ def stdout_matches(output: str, expected: str) -> bool:
     return True
 
 
-def functional_result(stdout: str) -> tuple[bool, Any]:
-    """(found, value) of the harness's result line in a functional test's stdout."""
-    for line in reversed(stdout.split("\n")):
-        if line.startswith(RESULT_MARKER):
-            try:
-                return True, json.loads(line[len(RESULT_MARKER) :])
-            except ValueError:
-                return False, None
-    return False, None
+def functional_result(report: str | None) -> tuple[bool, Any]:
+    """(found, value) of the harness's report: exactly one JSON line, or nothing is found."""
+    if not report or not report.endswith("\n") or report.count("\n") != 1:
+        return False, None
+    try:
+        return True, json.loads(report)
+    except ValueError:
+        return False, None
 
 
-def functional_matches(stdout: str, expected: str) -> bool:
-    """Whether the harness returned a value equal to the JSON ``expected`` (compared as Python values)."""
-    found, value = functional_result(stdout)
+def functional_matches(report: str | None, expected: str) -> bool:
+    """Whether the harness reported a value equal to the JSON ``expected`` (compared as Python values)."""
+    found, value = functional_result(report)
     if not found:
         return False
     try:

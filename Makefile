@@ -65,11 +65,11 @@ push: $(STAMP) ## push MODEL (a run folder) to the Hub as REPO [REVISION=branch]
 bench: $(STAMP) ## measure Archer's cost as ratios against references; writes bench/results/<date>.md
 	$(BIN)/python bench/run.py $(ARGS)
 
-system-deps: ## bubblewrap, the code sandbox (installed with apt-get when run as root)
-	@command -v bwrap >/dev/null || { \
+system-deps: ## bubblewrap and libseccomp, the code sandbox (installed with apt-get when run as root)
+	@{ command -v bwrap && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2'; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
-	  else echo "error: bubblewrap is needed by the code sandbox and its tests: sudo apt-get install bubblewrap"; exit 2; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2; \
+	  else echo "error: the code sandbox and its tests need: sudo apt-get install bubblewrap libseccomp2"; exit 2; fi; }
 
 test: $(STAMP) system-deps ## run the whole offline test suite (end-to-end tests included)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,5 +1,9 @@
 """Cost of the rewards: sandbox overhead per run, grading throughput over cores, math verification speed.
 
+The sandbox rows compare a trivial run three ways, interleaved: the sandbox as it is (per-run cgroup, seccomp
+filter, pid handshake, reaping), the sandbox before issue 13 (``archer/sandbox.py`` at BEFORE_COMMIT, loaded from
+git; skipped outside a git checkout), and a bare subprocess.
+
 Rows (see bench/run.py for the contract): ours and the reference are timed alternately in this process after a
 warm-up of both, and compared by their medians (time.perf_counter).
 
@@ -8,6 +12,7 @@ warm-up of both, and compared by their medians (time.perf_counter).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import os
@@ -19,45 +24,89 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
-from archer import sandbox  # noqa: E402
+from archer import sandbox, sandbox_limits  # noqa: E402
 from archer.rewards import code as code_rewards  # noqa: E402
 from archer.rewards import math_reward  # noqa: E402
 from archer.rewards.math import check_pair, verify_many  # noqa: E402
 
 logger = logging.getLogger("bench_rewards")
+BEFORE_COMMIT = "e40a2594e7e3fece7c0261682ffb49d3714051b4"  # main just before issue 13's sandbox hardening
+
+
+def _medians(calls: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each call, measured in turn after one warm-up call of each."""
+    for call in calls:
+        call()
+    seconds: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, times in zip(calls, seconds, strict=True):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in seconds]
 
 
 def _interleaved(ours: Callable[[], object], reference: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median seconds of each, measured alternately after one warm-up call of both."""
-    ours()
-    reference()
-    ours_s, reference_s = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ours()
-        ours_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        reference()
-        reference_s.append(time.perf_counter() - start)
-    return statistics.median(ours_s), statistics.median(reference_s)
+    ours_s, reference_s = _medians([ours, reference], repeats)
+    return ours_s, reference_s
 
 
-def _sandbox_overhead(repeats: int) -> dict:
+def _sandbox_before() -> object | None:
+    """The sandbox module as of BEFORE_COMMIT, read from git; None where git or that commit is missing."""
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE_COMMIT}:src/archer/sandbox.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_loader("archer_sandbox_before", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    exec(compile(source, f"{BEFORE_COMMIT[:7]}:src/archer/sandbox.py", "exec"), module.__dict__)
+    return module
+
+
+def _sandbox_overhead(repeats: int) -> list[dict]:
     bare = [sys.executable, "-I", "-c", "pass"]
-    ours, reference = _interleaved(
-        lambda: sandbox.run_python("pass"), lambda: subprocess.run(bare, check=True), repeats
-    )
+    before = _sandbox_before()
+    calls = [lambda: sandbox.run_python("pass"), lambda: subprocess.run(bare, check=True)]
+    if before is not None:
+        calls.append(lambda: before.run_python("pass"))  # type: ignore[attr-defined]
+    after_s, bare_s, *before_s = _medians(calls, repeats)
     runtime = sandbox._runtime()
-    return {
-        "figure": "sandboxed run of a trivial program (bwrap + namespaces + rlimits) vs bare subprocess",
-        "ours": f"{ours * 1e3:.1f} ms",
-        "reference": f"{reference * 1e3:.1f} ms",
-        "ratio": ours / reference,
-        "target": "<= 3.0x",
-        "note": f"median of {repeats}; sandbox runs {runtime.python} -I, bare runs {sys.executable} -I",
-    }
+    limits = sandbox_limits.run_limits()
+    rows = [
+        {
+            "figure": "sandboxed run of a trivial program (bwrap, namespaces, cgroup, seccomp) vs bare subprocess",
+            "ours": f"{after_s * 1e3:.1f} ms",
+            "reference": f"{bare_s * 1e3:.1f} ms",
+            "ratio": after_s / bare_s,
+            "target": "<= 3.0x",
+            "note": f"median of {repeats}; sandbox runs {runtime.python} -I, bare runs {sys.executable} -I; "
+            f"memory: {limits.memory}, processes: {limits.processes}",
+        }
+    ]
+    if before_s:
+        rows.append(
+            {
+                "figure": f"the same run, sandbox now vs before issue 13 ({BEFORE_COMMIT[:7]}: rlimits only)",
+                "ours": f"{after_s * 1e3:.1f} ms",
+                "reference": f"{before_s[0] * 1e3:.1f} ms (bare {bare_s * 1e3:.1f} ms)",
+                "ratio": after_s / before_s[0],
+                "target": "<= 1.25x",
+                "note": f"median of {repeats}, interleaved; the added cost per run is "
+                f"{(after_s - before_s[0]) * 1e3:+.1f} ms",
+            }
+        )
+    return rows
 
 
 def _grading_throughput(num_tests: int, repeats: int) -> dict:
@@ -139,8 +188,8 @@ def run(quick: bool = False) -> list[dict]:
     if not sandbox.sandbox_available():
         logger.warning("bubblewrap cannot run here: sandbox rows skipped")
         return rows
-    rows.insert(0, _sandbox_overhead(repeats=3 if quick else 30))
-    rows.insert(1, _grading_throughput(num_tests=4 if quick else 24, repeats=1 if quick else 3))
+    overhead = _sandbox_overhead(repeats=3 if quick else 30)
+    rows[:0] = [*overhead, _grading_throughput(num_tests=4 if quick else 24, repeats=1 if quick else 3)]
     return rows
 
 

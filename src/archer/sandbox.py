@@ -274,12 +274,19 @@ def _feed(write_fd: int, data: bytes) -> None:
         threading.Thread(target=write_all, name="sandbox-feed", daemon=True).start()
 
 
+def _readable(fd: int, timeout_s: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout_s`` (poll, not select: descriptors may exceed 1023)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(timeout_s, 0.0) * 1e3))
+
+
 def _child_pid(info_fd: int, deadline: float) -> int | None:
     """The host pid of the sandbox's first process, from bwrap's ``--info-fd`` JSON; None if bwrap failed first."""
     data = b""
     while not data.rstrip().endswith(b"}"):
         remaining = deadline - time.perf_counter()
-        if remaining <= 0 or not select.select([info_fd], [], [], remaining)[0]:
+        if remaining <= 0 or not _readable(info_fd, remaining):
             return None
         chunk = os.read(info_fd, 4096)
         if not chunk:
@@ -432,10 +439,10 @@ class _Child:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(self.pid, os.WNOHANG)
                 return
-            if not select.select([self.fd], [], [], wait_s)[0]:
+            if not _readable(self.fd, wait_s):  # a pidfd is readable once its process has ended
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(self.fd, signal.SIGKILL)
-                select.select([self.fd], [], [], wait_s)
+                _readable(self.fd, wait_s)
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PIDFD, self.fd, os.WEXITED | os.WNOHANG)
         finally:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def memory_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return request.param
 
 
+@pytest.mark.slow
 def test_memory_budget_covers_all_processes_of_a_run(memory_mode: str) -> None:
     result = run_python(FOUR_HOLDERS, timeout_s=20.0, memory_mb=1024)
     assert "held 4" not in result.stdout, result
@@ -70,6 +72,7 @@ def test_memory_budget_covers_all_processes_of_a_run(memory_mode: str) -> None:
         assert result.peak_memory_mb is not None and result.peak_memory_mb <= 1024
 
 
+@pytest.mark.slow
 def test_memory_in_memfds_counts(memory_mode: str) -> None:
     result = run_python(MEMFD_AND_HEAP, timeout_s=20.0, memory_mb=1024)
     assert "held" not in result.stdout, result
@@ -77,7 +80,8 @@ def test_memory_in_memfds_counts(memory_mode: str) -> None:
 
 
 def test_a_run_within_budget_reports_its_peak() -> None:
-    result = run_python("block = b'x' * (100 << 20)\nprint(len(block) >> 20)", memory_mb=512)
+    code = "import time\nblock = b'x' * (100 << 20)\ntime.sleep(0.1)  # long enough to be measured\nprint(len(block) >> 20)"
+    result = run_python(code, memory_mb=512)
     assert result.ok and result.stdout == "100\n", result
     assert not result.memory_limit_exceeded
     assert result.peak_memory_mb is not None and 100 <= result.peak_memory_mb <= 512
@@ -100,17 +104,22 @@ def test_process_limit_is_per_run() -> None:
         "except OSError as err:\n"
         "    print('limited', err.errno)\n"
     )
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: run_python(code, max_processes=10, timeout_s=10.0), range(8)))
     assert [r.stdout for r in results] == [f"limited {errno.EAGAIN}\n"] * 8, results
 
 
-def test_limits_in_force_are_named_in_one_line() -> None:
+def test_limits_in_force_are_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     line = sandbox_limits.run_limits().describe()
     assert "\n" not in line and "memory" in line and "processes" in line
-    assert "measured" in sandbox_limits.measured_only().describe()
+    monkeypatch.setattr(sandbox_limits, "_LIMITS", None)
+    monkeypatch.setenv("ARCHER_SANDBOX_CGROUP", "0")
+    assert sandbox_limits.run_limits() == sandbox_limits.measured_only()
+    (record,) = [r for r in caplog.records if r.name == "archer.sandbox_limits"]
+    assert record.levelname == "WARNING" and "memory measured every 20 ms" in record.message
+    assert "RLIMIT_NPROC" in record.message and "\n" not in record.message
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,6 +161,7 @@ print(json.dumps(children))
 """
 
 
+@pytest.mark.slow
 def test_no_zombies_or_leftovers_under_a_subreaper() -> None:
     src = str(Path(sandbox.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": src}

@@ -116,14 +116,16 @@ def _usable(base: Path, limit_file: str) -> bool:
     return True
 
 
-def _sweep(base: Path) -> None:
-    """Remove run cgroups left by processes of ours that died before cleaning up (empty ones only)."""
+def _sweep(base: Path, min_age_s: float = 600.0) -> None:
+    """Remove run cgroups left by graders that died before cleaning up: empty, of a pid not alive here, and old
+    (a cgroup tree may be shared with another PID namespace, where that pid is alive and its run just starting)."""
     with contextlib.suppress(OSError):
         for child in base.iterdir():
             pid = child.name[len(_PREFIX) :].split("-")[0]
             if child.name.startswith(_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 with contextlib.suppress(OSError):
-                    child.rmdir()
+                    if time.time() - child.stat().st_mtime > min_age_s:
+                        child.rmdir()
 
 
 def _v2_base() -> Path | None:

@@ -212,7 +212,7 @@ class RunLimits:
     def describe(self) -> str:
         memory = {
             "cgroup v2": f"memory by a cgroup v2 per run (memory.max, no swap) under {self.v2}",
-            "cgroup v1": f"memory by a cgroup v1 per run (memory + swap) under {self.v1_memory}",
+            "cgroup v1": f"memory by a cgroup v1 per run ({self._v1_swap()}) under {self.v1_memory}",
             "measured": f"memory measured every {POLL_S * 1e3:.0f} ms (proportional set size of all the run's "
             "processes + their memfds; no writable cgroup), plus RLIMIT_AS per process",
         }[self.memory]
@@ -222,6 +222,10 @@ class RunLimits:
             "rlimit": "processes by RLIMIT_NPROC (per uid in the run's user namespace)",
         }[self.processes]
         return f"sandbox limits per run: {memory}; {processes}"
+
+    def _v1_swap(self) -> str:
+        swap = self.v1_memory is not None and (self.v1_memory / "memory.memsw.limit_in_bytes").exists()
+        return "memory + swap" if swap else "memory; swap not limited: no swap accounting"
 
     def open(self, memory_bytes: int, max_processes: int) -> RunBudget:
         return RunBudget(self, memory_bytes, max_processes)
@@ -343,15 +347,36 @@ class RunBudget:
 # The measured fallback.
 
 
+_HAS_CHILDREN_LISTS = Path(f"/proc/self/task/{os.getpid()}/children").exists()  # CONFIG_PROC_CHILDREN
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return found
+
+
+def _children_by_scan() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from every process's stat (kernels without ``children`` lists)."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                tree.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    return tree
+
+
 def _tree(root: int) -> list[int]:
-    """``root`` and its descendants (through each thread's ``children`` list)."""
+    """``root`` and its descendants."""
+    scanned = None if _HAS_CHILDREN_LISTS else _children_by_scan()
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
         found.append(pid)
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+        todo += _children(pid) if scanned is None else scanned.get(pid, [])
     return found
 
 

@@ -15,6 +15,7 @@ lighteval's own CLI, e.g.::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -33,17 +34,43 @@ CODE_INSTRUCTION = (
 LCB_WINDOWS: dict[str, tuple[str, str]] = {"v5": ("2024-08-01", "2025-02-01"), "v6": ("2025-02-01", "2025-05-01")}
 
 
-def math_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
-    """AIME / MATH-500 row (``problem``, ``answer``) -> Doc graded by the math reward."""
-    answer = str(line["answer"])
-    problem_id = line.get("unique_id") or line.get("id") or line.get("url")
+def _math_doc(problem: str, gold: str | list[str], problem_id: Any, task_name: str | None) -> Doc:
+    """A math problem with the R1-distill instruction, graded by the math reward against ``gold`` (a list: any)."""
     return Doc(
         task_name=task_name or "",
-        query=f"{line['problem'].strip()}\n{MATH_INSTRUCTION}",
-        choices=[answer],
+        query=f"{problem.strip()}\n{MATH_INSTRUCTION}",
+        choices=gold if isinstance(gold, list) else [gold],
         gold_index=0,
-        specific={"grader": "math", "gold": answer, "problem_id": str(problem_id)},
+        specific={"grader": "math", "gold": gold, "problem_id": str(problem_id)},
     )
+
+
+def _answer_text(answer: Any) -> str:
+    """A gold answer as text; a number stored as a float (27.0) is written as the integer it is."""
+    return str(int(answer)) if isinstance(answer, float) and answer.is_integer() else str(answer)
+
+
+def _text_id(text: str) -> str:
+    """A stable id for rows that carry none (Minerva): the first 12 hex digits of the problem's SHA-1."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def math_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
+    """AIME / MATH-500 row (``problem``, ``answer``) -> Doc graded by the math reward."""
+    problem_id = line.get("unique_id") or line.get("id") or line.get("url")
+    return _math_doc(line["problem"], _answer_text(line["answer"]), problem_id, task_name)
+
+
+def question_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
+    """AMC23 (``id``, ``question``, ``answer``, ``url``) or Minerva (``question``, ``answer``) row -> Doc."""
+    problem_id = line.get("id") if line.get("id") is not None else _text_id(line["question"])
+    return _math_doc(line["question"], _answer_text(line["answer"]), problem_id, task_name)
+
+
+def olympiadbench_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
+    """OlympiadBench row (``id``, ``question``, ``final_answer``: a list of accepted answers) -> Doc."""
+    answers = [_answer_text(a) for a in line["final_answer"]]
+    return _math_doc(line["question"], answers[0] if len(answers) == 1 else answers, line["id"], task_name)
 
 
 def lcb_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
@@ -55,7 +82,10 @@ def lcb_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc:
         query += f"Complete this starter code, keeping its signature:\n```python\n{starter}\n```\n"
     else:
         query += "Your program must read its input from standard input and write its answer to standard output.\n"
-    tests = json.loads(line["public_test_cases"]) + decode_lcb_tests(line["private_test_cases"])
+    # Some rows have an empty private_test_cases string: they are graded on their public tests.
+    tests = decode_lcb_tests(line.get("public_test_cases") or "") + decode_lcb_tests(
+        line.get("private_test_cases") or ""
+    )
     return Doc(
         task_name=task_name or "",
         query=query,
@@ -124,11 +154,25 @@ def _task(
     )
 
 
-# k below is the paper's sample count, used when lighteval's CLI runs these tasks; suites set their own.
+# k below is the paper's sample count, used when lighteval's CLI runs these tasks; suites set their own. Dataset
+# revisions are pinned in the suites (eval/suites/paper.yaml). Where each dataset and its columns come from:
+# - AIME24, AIME25, MATH-500: lighteval 0.13.0's own tasks (lighteval/tasks/tasks/aime.py, math_500.py).
+# - AMC23: math-ai/amc23, split test, columns id / question / answer / url, 40 problems (the paper's pass@64 of
+#   97.5 = 39/40); a lighteval task module of this schema (name amc23, hf_repo math-ai/amc23) and many RLVR eval
+#   scripts use it. rllm's DeepScaleR example reads AMC from opencompass/LiveMathBench instead (not AMC 2023).
+# - Minerva: math-ai/minervamath, split test, columns question / answer, 272 problems, as rllm's DeepScaleR example
+#   (examples/deepscaler/prepare_math_data.py) loads it.
+# - OlympiadBench: Hothan/OlympiadBench, config OE_TO_maths_en_COMP (open-ended, text-only, English maths),
+#   split train, columns id / question / final_answer (a list), as lighteval 0.13.0's olympiade_bench.py names it
+#   and rllm's DeepScaleR example loads it. Public manifests of the pinned revision count 674 rows; the paper's
+#   pass@4 values fit 675 problems (DeepScaleR's own test file), so one problem may differ.
 TASKS_TABLE = [
     _task("aime24", math_prompt, "HuggingFaceH4/aime_2024", "default", "train", k=64),
     _task("aime25", math_prompt, "yentinglin/aime_2025", "default", "train", k=64),
+    _task("amc23", question_prompt, "math-ai/amc23", "default", "test", k=64),
     _task("math_500", math_prompt, "HuggingFaceH4/MATH-500", "default", "test", k=4),
+    _task("minerva", question_prompt, "math-ai/minervamath", "default", "test", k=8),
+    _task("olympiadbench", olympiadbench_prompt, "Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train", k=4),
     *[
         _task(
             f"lcb_{version}",

@@ -8,7 +8,8 @@ from archer.errors import UserError
 from archer.evaluation.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "eval" / "suites"
-KNOWN = {f"archer:{n}" for n in ("aime24", "aime25", "math_500", "lcb_v5", "lcb_v6", "arithmetic")}
+NAMES = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench", "lcb_v5", "lcb_v6", "arithmetic")
+KNOWN = {f"archer:{n}" for n in NAMES}
 
 
 def test_paper_suite_is_the_paper_protocol():
@@ -17,7 +18,10 @@ def test_paper_suite_is_the_paper_protocol():
     assert {name: t.k for name, t in by_task.items()} == {
         "aime24": 64,
         "aime25": 64,
+        "amc23": 64,
         "math_500": 4,
+        "minerva": 8,
+        "olympiadbench": 4,
         "lcb_v5": 8,
         "lcb_v6": 16,
     }

@@ -92,10 +92,17 @@ def test_equivalent_answers_score_one(answer: str, gold: str) -> None:
         ("50", "50\\%"),
         ("120", "12"),
         ("B", "A"),
+        ("２０４", "204"),  # fullwidth digits: int() reads them, Math-Verify does not
+        ("٢٠٤", "204"),  # Arabic-Indic digits
     ],
 )
 def test_wrong_answers_that_look_right_score_zero(answer: str, gold: str) -> None:
     assert verify_math(answer, gold) == 0.0
+
+
+def test_integer_fast_path_is_ascii_only() -> None:
+    assert math_reward(["\\boxed{２０４}", "\\boxed{204}"], solution=["204", "204"]) == [0.0, 1.0]
+    assert verify_math("204", "２０４") is None  # such a gold is not an integer Math-Verify can parse
 
 
 @pytest.mark.parametrize("gold", ["", "\\frac{", "}}{{", "\\boxed{}"])

@@ -88,6 +88,20 @@ class DataArgs:
     max_tests: int | None = field(
         default=None, metadata={"help": "Code reward: at most this many sampled tests per problem (paper: 16)."}
     )
+    code_timeout_s: float = field(
+        default=6.0, metadata={"help": "Code reward: wall-clock limit per test (LiveCodeBench: 6 s)."}
+    )
+    code_budget_s: float | None = field(
+        default=None,
+        metadata={"help": "Code reward: cap on the sum of one completion's test run times (null: none, as LCB)."},
+    )
+    require_think_close: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "A completion without </think> scores 0 (true), or not (false); auto: true when the model's chat "
+            "template opens the reasoning (R1-distill, Qwen3 thinking mode), false without one (archer.rewards.thinking)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of generated training problems."})
     task: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Built-in task settings (archer.data.arithmetic.ArithmeticTask)."}
@@ -106,6 +120,13 @@ class DataArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: must be >= 1 (got {value})")
+        for name in ("code_timeout_s", "code_budget_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be > 0 seconds (got {value})")
+        from archer.rewards.thinking import check_setting
+
+        check_setting(self.require_think_close, "require_think_close")
         if self.heldout_examples < 0:
             raise ValueError(f"heldout_examples: must be >= 0 (got {self.heldout_examples})")
 

@@ -55,8 +55,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     model_path, sft_summary = _prepare_model(recipe, out, state)
     train_dataset = _train_dataset(recipe)
-    reward_funcs = _reward_funcs(recipe)
-    trainer = _build_trainer(recipe, model_path, train_dataset, reward_funcs)
+    trainer = _build_trainer(recipe, model_path, train_dataset)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     state.wait_for_everyone()
@@ -150,19 +149,26 @@ def _train_dataset(recipe: Recipe):
     return load_training_dataset(data)
 
 
-def _reward_funcs(recipe: Recipe) -> list:
-    from archer.rewards import get_reward_func
+def reward_funcs(recipe: Recipe, tokenizer: Any = None) -> list:
+    """The recipe's reward functions, with its grading settings bound (``require_think_close: auto`` reads the
+    tokenizer's chat template as the trainer renders it, with ``trainer.chat_template_kwargs``)."""
+    from archer.rewards import get_reward_func, resolve_require_think_close
 
+    data = recipe.data
+    template_kwargs = getattr(recipe.trainer, "chat_template_kwargs", None)
+    require_close = resolve_require_think_close(data.require_think_close, tokenizer, template_kwargs)
+    logger.info("rewards: a completion without </think> %s", "scores 0" if require_close else "is graded whole")
     funcs = []
-    for name in recipe.data.rewards:
+    for name in data.rewards:
         func = get_reward_func(name)
-        if name == "code" and recipe.data.max_tests:
-            func = functools.update_wrapper(functools.partial(func, max_tests=recipe.data.max_tests), func)
-        funcs.append(func)
+        settings: dict[str, Any] = {"require_think_close": require_close}
+        if name == "code":
+            settings.update(max_tests=data.max_tests, timeout_s=data.code_timeout_s, budget_s=data.code_budget_s)
+        funcs.append(functools.update_wrapper(functools.partial(func, **settings), func))
     return funcs
 
 
-def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs):
+def _build_trainer(recipe: Recipe, model_path: str, train_dataset):
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -200,7 +206,7 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, reward_funcs)
         )
     trainer = ArcherTrainer(
         model=model_path,
-        reward_funcs=reward_funcs,
+        reward_funcs=reward_funcs(recipe, tokenizer),
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,

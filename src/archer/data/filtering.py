@@ -15,6 +15,7 @@ training reads (``prompt`` + ``solution`` | ``tests``, ``fn_name``): point a rec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -217,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-tests", type=int, default=None, help="code: drop problems with fewer tests")
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--chat-template-kwargs", type=json.loads, default=None, help="JSON, e.g. thinking off")
+    parser.add_argument(
+        "--require-think-close",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="a completion without </think> scores 0 (auto: when the chat template opens the reasoning)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="transformers")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")
     defaults = FilterConfig()
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from archer.data.hub import LOADERS, PREPARED, convert_dataset, guess_loader, read_dataset
-    from archer.rewards import get_reward_func
+    from archer.rewards import get_reward_func, resolve_require_think_close
 
     output = Path(args.output)
     if output.exists():
@@ -273,15 +280,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto")
         model.eval()
         sample = transformers_sampler(model, tokenizer, config)
-    kept, stats = filter_dataset(
-        dataset, tokenizer, sample, get_reward_func(args.reward), config, args.chat_template_kwargs
-    )
+    setting = {"true": True, "false": False}.get(args.require_think_close, "auto")
+    require_close = resolve_require_think_close(setting, tokenizer, args.chat_template_kwargs)
+    reward = functools.partial(get_reward_func(args.reward), require_think_close=require_close)
+    kept, stats = filter_dataset(dataset, tokenizer, sample, reward, config, args.chat_template_kwargs)
     if len(kept) == 0:
         raise UserError(
             f"no problem has 0 < pass rate < 1 ({stats['never_solved']} never solved, {stats['always_solved']} "
             f"always solved): wrong --model or --reward, or raise --k / --max-new-tokens"
         )
-    stats.update(dataset=args.dataset, model=args.model, reward=args.reward, config=asdict(config))
+    stats.update(
+        dataset=args.dataset,
+        model=args.model,
+        reward=args.reward,
+        require_think_close=require_close,
+        config=asdict(config),
+    )
     _save(kept, stats, output)
     return stats
 

@@ -53,11 +53,12 @@ def load_rows(
     data: str | None = None,
     generators: dict[str, Callable[[str | None], Rows]] | None = None,
     model_path: str | None = None,
+    revision: str | None = None,
 ) -> Rows:
     """Rows of a lighteval task config's evaluation split, filtered by its ``hf_filter``, in dataset order.
 
     Source: ``data`` (a local file or folder) if given, else the task module's generator (called with the local
-    model folder), else the Hub.
+    model folder), else the Hub at ``revision`` (else the config's ``hf_revision``, else the newest commit).
     """
     split = config.evaluation_splits[0]
     if data is not None:
@@ -71,15 +72,16 @@ def load_rows(
     else:
         import datasets
 
+        revision = revision or config.hf_revision
         try:
-            ds = datasets.load_dataset(config.hf_repo, config.hf_subset, split=split, revision=config.hf_revision)
+            ds = datasets.load_dataset(config.hf_repo, config.hf_subset, split=split, revision=revision)
         except Exception as err:  # offline, gated, renamed: all the user can fix is where the data comes from
             short = config.name.removeprefix("archer:")
             raise UserError(
                 f"task {config.name}: cannot load {config.hf_repo} ({type(err).__name__}); "
                 f"give a local copy with --data {short}=PATH or `data:` in the suite"
             ) from None
-        rows, source = list(ds), f"{config.hf_repo} ({config.hf_subset}, {split})"
+        rows, source = list(ds), f"{config.hf_repo} ({config.hf_subset}, {split}, revision {revision or 'newest'})"
     if config.hf_filter is not None:
         rows = [row for row in rows if config.hf_filter(row)]
     if not rows:

@@ -1,7 +1,7 @@
 """Score completions with the project's own rewards, so that training and evaluation grade alike.
 
 A problem's grading spec is the ``specific`` dict of its lighteval ``Doc``:
-``{"grader": "math", "gold": <reference solution or answer>}`` or
+``{"grader": "math", "gold": <reference answer, or a list of accepted answers>}`` or
 ``{"grader": "code", "tests": [{"input", "output", "testtype"}, ...], "fn_name": <str or None>}``.
 """
 
@@ -27,9 +27,13 @@ class SampleScore:
 
 @dataclass(frozen=True)
 class GradingOptions:
-    """Limits for the code sandbox; ``None`` keeps the defaults of ``archer.rewards.grade_code``."""
+    """How completions are read and code is run; ``None`` keeps the defaults of ``archer.rewards.code_reward``."""
 
+    require_think_close: bool = field(default=False, metadata={"help": "a completion without </think> scores 0"})
     code_timeout_s: float | None = field(default=None, metadata={"help": "wall-clock limit per test run"})
+    code_budget_s: float | None = field(
+        default=None, metadata={"help": "cap on the sum of one completion's test run times (None: no cap)"}
+    )
     code_memory_mb: int | None = field(default=None, metadata={"help": "address-space limit of the program"})
 
 
@@ -38,21 +42,25 @@ def grade(
 ) -> list[SampleScore]:
     """Grade every completion of one problem; returns one ``SampleScore`` per completion, in order."""
     kind = spec.get("grader")
+    options = options or GradingOptions()
     if kind == "math":
-        return _grade_math(str(spec["gold"]), completions)
+        return _grade_math(spec["gold"], completions, options)
     if kind == "code":
-        return _grade_code(spec["tests"], spec.get("fn_name"), completions, options or GradingOptions())
+        return _grade_code(spec["tests"], spec.get("fn_name"), completions, options)
     raise ValueError(f"unknown grader {kind!r}; valid: {', '.join(GRADERS)}")
 
 
-def _grade_math(gold: str, completions: Sequence[str]) -> list[SampleScore]:
-    # math_reward is the training reward (TRL signature); math-verify needs the main thread, so no pool here.
+def _grade_math(gold: Any, completions: Sequence[str], options: GradingOptions) -> list[SampleScore]:
+    # math_reward is the training reward (TRL signature); it checks in its own worker processes. Several accepted
+    # answers (OlympiadBench's final_answer list) score 1 when any matches, as rllm's math reward does.
     from archer.rewards import extract_boxed_answer, math_reward
 
-    rewards = math_reward(list(completions), solution=[gold] * len(completions))
-    return [
-        SampleScore(float(r or 0.0), extract_boxed_answer(text)) for r, text in zip(rewards, completions, strict=True)
-    ]
+    close = options.require_think_close
+    best = [0.0] * len(completions)
+    for answer in gold if isinstance(gold, list) else [gold]:
+        rewards = math_reward(list(completions), solution=[str(answer)] * len(completions), require_think_close=close)
+        best = [max(b, float(r or 0.0)) for b, r in zip(best, rewards, strict=True)]
+    return [SampleScore(b, extract_boxed_answer(text, close)) for b, text in zip(best, completions, strict=True)]
 
 
 def _grade_code(
@@ -67,5 +75,15 @@ def _grade_code(
         for key, value in (("timeout_s", options.code_timeout_s), ("memory_mb", options.code_memory_mb))
         if value is not None
     }
-    rewards = code_reward(list(completions), tests=[list(tests)] * len(completions), fn_name=fn_name, **limits)
-    return [SampleScore(float(r or 0.0), extract_code(text)) for r, text in zip(rewards, completions, strict=True)]
+    close = options.require_think_close
+    rewards = code_reward(
+        list(completions),
+        tests=[list(tests)] * len(completions),
+        fn_name=fn_name,
+        budget_s=options.code_budget_s,
+        require_think_close=close,
+        **limits,
+    )
+    return [
+        SampleScore(float(r or 0.0), extract_code(text, close)) for r, text in zip(rewards, completions, strict=True)
+    ]

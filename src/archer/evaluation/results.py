@@ -7,9 +7,12 @@
      "suite": str (its name), "suite_file": str, "suite_description": str,
      "protocol": {"backend": "transformers" | "vllm", "seed": int, "dtype": str, ...batch size or parallelism},
      "tasks": {<task>: {"task": "archer:<task>", "dataset": Hub id | local path | "generated",
+                        "revision": Hub commit of the dataset | null (unpinned, local or generated),
                         "k", "temperature", "top_p", "max_new_tokens", "prompt_style",
+                        "grading": {"require_think_close": bool, code tasks: "code_timeout_s", "code_budget_s"},
                         "num_problems", "num_samples", "metrics": {"avg@k": %, "pass@k": %, "pass@j": %...},
                         "generation_s", "details": "details/<task>.jsonl"}},
+     "averages": {<row, e.g. "math avg">: {"metric": "avg@k", "tasks": [<task>...], "value": %}},
      "versions": {package: version},
      "started_at": ISO-8601 UTC, "wall_time_s": float}
 
@@ -23,7 +26,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +59,15 @@ def timestamp(now: datetime) -> str:
     return now.strftime("%Y%m%d-%H%M%S")
 
 
+def average_rows(tasks: Mapping[str, Any], averages: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Each row: the mean over its tasks of each one's avg@k (k its own), as the paper's "math avg" column."""
+    rows = {}
+    for name, members in averages.items():
+        values = [tasks[t]["metrics"][f"avg@{tasks[t]['k']}"] for t in members]
+        rows[name] = {"metric": "avg@k", "tasks": list(members), "value": sum(values) / len(values)}
+    return rows
+
+
 def markdown_table(results: Mapping[str, Any]) -> str:
     lines = [
         f"Model: `{results['model']}` | suite: `{results['suite']}` | backend: {results['protocol']['backend']}",
@@ -69,6 +81,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {name} | {k} | {task['num_problems']} | {m[f'avg@{k}']:.1f} | {m[f'pass@{k}']:.1f} | "
             f"{task['temperature']} | {task['top_p']} | {task['max_new_tokens']} | {other or '-'} |"
+        )
+    for name, row in (results.get("averages") or {}).items():
+        lines.append(
+            f"| {name} | - | - | {row['value']:.1f} | - | - | - | - | mean avg@k of {', '.join(row['tasks'])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -23,7 +23,7 @@ from archer.evaluation.backends import Backend, BackendOptions, Sampling, select
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
-from archer.evaluation.results import SCHEMA_VERSION, fresh_dir, timestamp, versions, write_run
+from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, versions, write_run
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class PreparedTask:
     spec: TaskSpec
     docs: list[Any]
     dataset: str  # where the rows came from: Hub id, local path or "generated"
+    revision: str | None = None  # the Hub dataset's revision, None when unpinned or not from the Hub
 
 
 def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[PreparedTask]:
@@ -169,15 +170,39 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         limit = request.limit or spec.limit
         spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
         config = configs[spec.task]
-        rows = load_rows(config, spec.data, generators, model.name_or_path if model.local else None)[: spec.limit]
+        local_model = model.name_or_path if model.local else None
+        rows = load_rows(config, spec.data, generators, local_model, spec.revision)[: spec.limit]
         docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
-        dataset = spec.data or ("generated" if config.name in generators else config.hf_repo)
-        prepared.append(PreparedTask(spec, docs, dataset))
-    if any(doc.specific["grader"] == "code" for task in prepared for doc in task.docs):
+        from_hub = spec.data is None and config.name not in generators
+        dataset = spec.data or (config.hf_repo if from_hub else "generated")
+        revision = (spec.revision or config.hf_revision) if from_hub else None
+        prepared.append(PreparedTask(spec, docs, dataset, revision))
+    if any(_has_code(task.docs) for task in prepared):
         from archer.sandbox import ensure_sandbox
 
         ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
     return prepared
+
+
+def _has_code(docs: Sequence[Any]) -> bool:
+    return any(doc.specific.get("grader") == "code" for doc in docs)
+
+
+def grading_options(spec: TaskSpec, tokenizer: Any) -> GradingOptions:
+    """The task's grading settings; ``require_think_close: auto`` asks the chat template the prompts used."""
+    from archer.rewards import resolve_require_think_close
+
+    template = tokenizer if spec.prompt_style == "chat" else None  # raw prompts: no template opened anything
+    close = resolve_require_think_close(spec.require_think_close, template)
+    return GradingOptions(close, spec.code_timeout_s, spec.code_budget_s, spec.code_memory_mb)
+
+
+def grading_record(options: GradingOptions, docs: Sequence[Any]) -> dict[str, Any]:
+    """What results.json says about grading: the resolved reasoning rule, and the code limits on code tasks."""
+    record: dict[str, Any] = {"require_think_close": options.require_think_close}
+    if _has_code(docs):
+        record.update(code_timeout_s=options.code_timeout_s, code_budget_s=options.code_budget_s)
+    return record
 
 
 def _load_backend(name: str, model: ModelRef, options: BackendOptions, out_dir: Path) -> Backend:
@@ -219,12 +244,14 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
         completions = backend.generate(ids, sampling, desc=spec.short_name)
         generation_s = time.perf_counter() - t_gen
-        grading = GradingOptions(code_timeout_s=spec.code_timeout_s, code_memory_mb=spec.code_memory_mb)
+        grading = grading_options(spec, backend.tokenizer)
         metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, grading)
         tasks[spec.short_name] = {
             "task": spec.task,
             "dataset": task.dataset,
+            "revision": task.revision,
             **spec.protocol(),
+            "grading": grading_record(grading, docs),
             "num_problems": len(docs),
             "num_samples": len(docs) * spec.k,
             "metrics": metrics,
@@ -254,6 +281,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
             ),
         },
         "tasks": tasks,
+        "averages": average_rows(tasks, suite.averages),
         "versions": versions(),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),

@@ -1,4 +1,4 @@
-"""Evaluation suites: which tasks, how many samples per problem, and the sampling protocol (YAML)."""
+"""Evaluation suites: which tasks, how many samples per problem, the sampling and grading protocol (YAML)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,15 @@ PROTOCOL_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     ),
     "limit": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
     "data": (lambda v: v is None or isinstance(v, str), "a path (string) or null", None),
-    "code_timeout_s": (lambda v: v is None or (_number(v) and v > 0), "a number > 0 or null", None),
+    "revision": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a dataset commit sha, tag or null", None),
+    "require_think_close": (lambda v: v is True or v is False or v == "auto", "auto, true or false", "auto"),
+    # LiveCodeBench's protocol: 6 s per test, no cap on a completion's total (archer.rewards.code)
+    "code_timeout_s": (lambda v: _number(v) and v > 0, "a number of seconds > 0", 6.0),
+    "code_budget_s": (lambda v: v is None or (_number(v) and v > 0), "a number of seconds > 0 or null", None),
     "code_memory_mb": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
 }
-SUITE_KEYS = {"name", "description", "module", "seed", "defaults", "tasks"}
+PER_DATASET_KEYS = ("data", "revision")  # name one task's data: never in ``defaults``
+SUITE_KEYS = {"name", "description", "module", "seed", "defaults", "tasks", "averages"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,14 @@ class TaskSpec:
     pass_k: tuple[int, ...] = field(default=(), metadata={"help": "extra j < k for which pass@j is reported"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N problems"})
     data: str | None = field(default=None, metadata={"help": "local data file or dataset folder"})
-    code_timeout_s: float | None = field(default=None, metadata={"help": "sandbox time limit per test"})
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit sha) to load"})
+    require_think_close: bool | str = field(
+        default="auto", metadata={"help": "a completion without </think> scores 0; auto: the chat template decides"}
+    )
+    code_timeout_s: float = field(default=6.0, metadata={"help": "sandbox time limit per test"})
+    code_budget_s: float | None = field(
+        default=None, metadata={"help": "cap on the sum of one completion's test run times (null: none)"}
+    )
     code_memory_mb: int | None = field(default=None, metadata={"help": "sandbox memory limit"})
 
     @property
@@ -77,6 +89,9 @@ class Suite:
     seed: int
     tasks: tuple[TaskSpec, ...]
     description: str = ""
+    averages: dict[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata={"help": "row name -> tasks whose avg@k are averaged (the paper's math avg)"}
+    )
 
 
 def _check(where: str, key: str, value: Any) -> Any:
@@ -110,6 +125,8 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
     for key, value in given.items():
         if key not in PROTOCOL_KEYS:
             raise UserError(f"{path}: defaults.{key}: unknown key; valid: {', '.join(PROTOCOL_KEYS)}")
+        if key in PER_DATASET_KEYS:
+            raise UserError(f"{path}: defaults.{key}: names one task's data; set it in that task's entry")
         defaults[key] = _check(f"{path}: defaults", key, value)
 
     entries = raw.get("tasks")
@@ -160,4 +177,21 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
         seed=seed,
         tasks=tuple(tasks),
         description=str(raw.get("description", "")),
+        averages=_averages(path, raw.get("averages"), {t.short_name for t in tasks}),
     )
+
+
+def _averages(path: Path, raw: Any, listed: set[str]) -> dict[str, tuple[str, ...]]:
+    """``averages: {row name: [task, ...]}``; every task must be one of the suite's."""
+    averages = {}
+    for row, names in _mapping(f"{path}: averages", raw or {}).items():
+        where = f"{path}: averages.{row}"
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{where}: expected a list of two or more task names, got {names!r}")
+        short = tuple(n.removeprefix(TASK_PREFIX) for n in names)
+        if missing := [n for n in short if n not in listed]:
+            raise UserError(
+                f"{where}: {missing[0]!r} is not a task of this suite; its tasks: {', '.join(sorted(listed))}"
+            )
+        averages[str(row)] = short
+    return averages

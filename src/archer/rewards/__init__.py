@@ -9,6 +9,7 @@ from archer.rewards.code import GradeResult, TestOutcome, code_reward, grade_cod
 from archer.rewards.extract import completion_text, extract_boxed_answer, extract_code
 from archer.rewards.livecodebench import decode_lcb_tests, normalize_tests
 from archer.rewards.math import math_reward, verify_math
+from archer.rewards.thinking import resolve_require_think_close, template_requires_think_close
 
 REWARD_FUNCS: dict[str, Callable[..., list]] = {"math": math_reward, "code": code_reward}
 
@@ -33,5 +34,7 @@ __all__ = [
     "grade_code",
     "math_reward",
     "normalize_tests",
+    "resolve_require_think_close",
+    "template_requires_think_close",
     "verify_math",
 ]

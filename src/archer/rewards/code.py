@@ -1,8 +1,14 @@
 """Code reward: the last ```python block after the reasoning must pass every test, each run in the sandbox.
 
 Tests run in parallel on a process-wide thread pool (one sandbox per core at a time), shared by every caller so
-that training and evaluation never oversubscribe the machine. A problem stops at its first failing test, and
-has a global time budget that starts when its first test starts.
+that training and evaluation never oversubscribe the machine. A problem stops at its first failing test.
+
+Time limits follow LiveCodeBench's protocol (LiveCodeBench/LiveCodeBench, lcb_runner/evaluation/
+compute_code_generation_metrics.py: ``timeout=6`` per test, and a process guard of (timeout + 1) s per test + 5 s):
+each test has its own wall-clock limit, 6 s by default, and nothing caps the completion as a whole (the guard
+never binds before the per-test limits). ``budget_s`` optionally caps
+the sum of one completion's test run times, checked before each test starts; time spent queueing behind other
+completions' tests does not count.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import logging
 import os
 import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,9 +30,9 @@ from archer.rewards.livecodebench import build_program, functional_matches, norm
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = sandbox.DEFAULT_TIMEOUT_S
+DEFAULT_TIMEOUT_S = 6.0  # LiveCodeBench's per-test limit
 DEFAULT_MEMORY_MB = sandbox.DEFAULT_MEMORY_MB
-DEFAULT_BUDGET_S = 60.0
+DEFAULT_BUDGET_S: float | None = None  # no whole-completion cap (LiveCodeBench)
 _DETAIL_CHARS = 300
 
 
@@ -106,7 +111,7 @@ class _Grading:
         fn_name: str | None,
         timeout_s: float,
         memory_mb: int,
-        budget_s: float,
+        budget_s: float | None,
         stop_on_failure: bool,
     ) -> None:
         self.code, self.tests, self.fn_name = code, tests, fn_name
@@ -114,24 +119,26 @@ class _Grading:
         self.stop_on_failure = stop_on_failure
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._deadline: float | None = None
+        self._spent_s = 0.0  # run time of this completion's finished tests
         pool = _executor()
         self._futures: list[Future[TestOutcome]] = [pool.submit(self._run, i) for i in indices]
 
     def _run(self, index: int) -> TestOutcome:
         if self._stop.is_set():
             return TestOutcome(index, False, "skipped")
-        with self._lock:
-            if self._deadline is None:
-                self._deadline = time.monotonic() + self.budget_s
-            remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            return TestOutcome(index, False, "budget")
-        limit = min(self.timeout_s, remaining)
+        limit = self.timeout_s
+        if self.budget_s is not None:
+            with self._lock:
+                remaining = self.budget_s - self._spent_s
+            if remaining <= 0:
+                return TestOutcome(index, False, "budget")
+            limit = min(limit, remaining)
         test = self.tests[index]
         program, stdin = build_program(self.code, test, self.fn_name)
         functional = test["testtype"] == "functional"  # reports on its own channel
         result = sandbox.run_python(program, stdin, timeout_s=limit, memory_mb=self.memory_mb, report=functional)
+        with self._lock:
+            self._spent_s += result.wall_s
         outcome = _judge(result, test, index, budget_cut=limit < self.timeout_s)
         if not outcome.passed and self.stop_on_failure:
             self._stop.set()
@@ -158,7 +165,7 @@ def _start(
     memory_mb: int,
     max_tests: int | None,
     rng: random.Random,
-    budget_s: float,
+    budget_s: float | None,
     stop_on_failure: bool,
 ) -> _Grading:
     indices = _choose(len(tests), max_tests, rng)
@@ -174,13 +181,14 @@ def grade_code(
     max_tests: int | None = None,
     *,
     seed: int | None = None,
-    budget_s: float = DEFAULT_BUDGET_S,
+    budget_s: float | None = DEFAULT_BUDGET_S,
     stop_on_failure: bool = True,
 ) -> GradeResult:
     """Run ``code`` on ``tests`` (any form ``normalize_tests`` accepts) in the sandbox; passed iff all pass.
 
-    ``max_tests`` grades a random subset (seeded by ``seed``); ``stop_on_failure=False`` runs every test even
-    after a failure (for per-test reports). Raises SandboxUnavailable when bubblewrap cannot be used.
+    ``timeout_s`` limits each test, ``budget_s`` (None: no cap) the sum of the tests' run times. ``max_tests``
+    grades a random subset (seeded by ``seed``); ``stop_on_failure=False`` runs every test even after a failure
+    (for per-test reports). Raises SandboxUnavailable when bubblewrap cannot be used.
     """
     normalized = normalize_tests(tests, fn_name)
     if not normalized:
@@ -217,14 +225,17 @@ def code_reward(
     seed: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_mb: int = DEFAULT_MEMORY_MB,
-    budget_s: float = DEFAULT_BUDGET_S,
+    budget_s: float | None = DEFAULT_BUDGET_S,
+    require_think_close: bool = False,
     **kwargs: Any,
 ) -> list[float | None]:
     """TRL reward: 1.0 when the last ```python block after ``</think>`` passes every test of its row, else 0.0.
 
     ``tests`` holds one entry per row (a list of tests or a JSON / LiveCodeBench-compressed string); ``fn_name``
     is a per-row column or one name for all rows (else read from a LiveCodeBench ``metadata`` column).
-    ``max_tests`` samples at most that many tests per row (training); None grades all (evaluation). A row with
+    ``max_tests`` samples at most that many tests per row (training); None grades all (evaluation). ``timeout_s``
+    limits each test, ``budget_s`` (None: no cap) the sum of one completion's test run times.
+    ``require_think_close``: a completion without ``</think>`` scores 0 (``archer.rewards.thinking``). A row with
     no tests gets None (skipped) and a warning. Never runs code without the sandbox: raises SandboxUnavailable.
     """
     n = len(completions)
@@ -248,7 +259,7 @@ def code_reward(
             logger.warning("code_reward: row %d has no tests; reward skipped", i)
             rewards[i] = None
             continue
-        code = extract_code(completion_text(completion))
+        code = extract_code(completion_text(completion), require_think_close)
         if code is None:
             continue
         running.append((i, _start(code, row, name, timeout_s, memory_mb, max_tests, rng, budget_s, True)))

@@ -2,6 +2,11 @@
 
 Both rewards grade only what follows the reasoning: when a completion has a think block, the answer is read after
 its closing ``</think>``; a think block that never closes (truncated generation) has no answer at all.
+
+Chat templates that open the think block in the prompt (DeepSeek-R1-Distill's ends the prompt with ``<think>\n``)
+leave no ``<think>`` in the completion, so only ``require_close=True`` can tell a truncated thought from an answer:
+then a completion without ``</think>`` has no answer (rllm's math reward, the paper's, scores it 0). Which models
+need it is decided from the chat template (``archer.rewards.thinking``).
 """
 
 from __future__ import annotations
@@ -36,26 +41,27 @@ def _content_text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def answer_region(text: str) -> str | None:
+def answer_region(text: str, require_close: bool = False) -> str | None:
     """The part of ``text`` that may hold the answer, or None when a think block is still open at the end.
 
-    Text after the last ``</think>`` counts; with no think tags the whole text counts. Some chat templates open
-    the think block in the prompt, so a lone ``</think>`` still marks the end of the reasoning.
+    Text after the last ``</think>`` counts. Without think tags the whole text counts, unless ``require_close``
+    (the prompt opened the reasoning, so a completion without ``</think>`` never finished it). A lone
+    ``</think>`` marks the end of reasoning opened in the prompt.
     """
     head, sep, tail = text.rpartition(THINK_CLOSE)
     if sep:
         return None if THINK_OPEN in tail else tail
-    return None if THINK_OPEN in text else text
+    return None if require_close or THINK_OPEN in text else text
 
 
-def extract_boxed_answer(text: str) -> str | None:
+def extract_boxed_answer(text: str, require_close: bool = False) -> str | None:
     """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) after the reasoning, braces balanced.
 
     Escaped braces (``\\{``, ``\\}``) are literal set braces and do not open or close a group. Returns None when
-    there is no answer region, no box, an empty box, or the last box never closes (a truncated answer is not
-    replaced by an earlier one).
+    there is no answer region (see ``answer_region``), no box, an empty box, or the last box never closes (a
+    truncated answer is not replaced by an earlier one).
     """
-    region = answer_region(text)
+    region = answer_region(text, require_close)
     if region is None:
         return None
     matches = list(_BOX_RE.finditer(region))
@@ -80,9 +86,9 @@ def extract_boxed_answer(text: str) -> str | None:
     return None
 
 
-def extract_code(text: str) -> str | None:
-    """The body of the last complete ```python (or ```py) block after the reasoning, or None."""
-    region = answer_region(text)
+def extract_code(text: str, require_close: bool = False) -> str | None:
+    """The body of the last complete ```python (or ```py) block after the reasoning (``answer_region``), or None."""
+    region = answer_region(text, require_close)
     if region is None:
         return None
     blocks = _CODE_RE.findall(region)

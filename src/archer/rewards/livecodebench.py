@@ -113,12 +113,17 @@ def _decompress(text: str) -> str:
 
 
 def decode_lcb_tests(value: Any) -> list[dict[str, str]]:
-    """Tests from a LiveCodeBench field: a list, a JSON string (public tests) or base64+zlib+pickle (private)."""
+    """Tests from a LiveCodeBench field: a list, a JSON string (public tests) or base64+zlib+pickle (private).
+
+    An empty field (some rows have no private tests) holds no tests.
+    """
     if isinstance(value, list):
         return value
     if not isinstance(value, (str, bytes)):
         raise UserError(f"code tests must be a list or a string, got {type(value).__name__}")
     text = value.decode() if isinstance(value, bytes) else value
+    if not text.strip():
+        return []
     try:
         decoded: Any = json.loads(text)
     except ValueError:

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 WORKER_MEMORY_MB = 3072  # address-space limit of a verification worker
 _STARTUP_TIMEOUT_S = 120.0  # importing sympy on a busy machine
-_INT_RE = re.compile(r"[+-]?\d{1,60}")
+_INT_RE = re.compile(r"[+-]?[0-9]{1,60}")  # ASCII only: int() also reads "２０４", Math-Verify does not
 _CACHE_SIZE = 65536
 
 
@@ -309,15 +309,21 @@ def verify_math(answer_text: str | None, gold: str, timeout_s: float = DEFAULT_T
 
 
 def math_reward(
-    completions: Sequence[Any], solution: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any
+    completions: Sequence[Any],
+    solution: Sequence[str],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    require_think_close: bool = False,
+    **kwargs: Any,
 ) -> list[float | None]:
     """TRL reward: 1.0 when the last ``\\boxed{}`` after ``</think>`` matches the row's ``solution``, else 0.0.
 
-    Rows whose gold solution cannot be parsed get None (TRL skips them) and one warning per distinct gold.
+    ``require_think_close``: a completion without ``</think>`` scores 0 (the chat template opened the reasoning;
+    see ``archer.rewards.thinking``). Rows whose gold solution cannot be parsed get None (TRL skips them) and one
+    warning per distinct gold.
     """
     if len(completions) != len(solution):
         raise ValueError(f"math_reward got {len(completions)} completions but {len(solution)} solutions")
-    answers = [extract_boxed_answer(completion_text(c)) for c in completions]
+    answers = [extract_boxed_answer(completion_text(c), require_think_close) for c in completions]
     golds = ["" if g is None else str(g) for g in solution]
     results = verify_many(list(zip(answers, golds, strict=True)), timeout_s)
     unparsable: dict[str, list[int]] = {}

@@ -4,13 +4,14 @@ Prompts follow the R1-distill style (reason step by step; math answers in ``\\bo
 block). Completions are graded by the project's own rewards (``archer.rewards``: Math-Verify for math, the
 bubblewrap sandbox for code, every test at evaluation), through ``archer.evaluation.lighteval_metric``.
 
-``archer eval`` (``make eval``) loads this module alone and drives generation itself. It also works with
-lighteval's own CLI, e.g.::
+Run them with ``archer eval`` (``make eval``), which loads this module alone and decodes with transformers, vLLM's
+own API or an OpenAI-compatible server (``eval/README.md``), e.g.::
 
-    lighteval vllm "model_name=<model>,generation_parameters={temperature:0.8,top_p:1.0,max_new_tokens:32768}" \\
-        "archer:aime24|0" --custom-tasks eval/archer_tasks.py
+    make eval MODEL=outputs/<run> SUITE=eval/suites/paper.yaml
+    make eval MODEL=outputs/<run> SUITE=eval/suites/paper.yaml ARGS="--base-url http://127.0.0.1:8000/v1"
 
-(``archer:arithmetic`` is generated locally and runs only through ``archer eval``.)
+lighteval's own ``lighteval vllm ... --custom-tasks`` cannot run with the pinned set (lighteval 0.13's vLLM model
+accepts only vLLM 0.10.0-0.10.1 and calls APIs vLLM 0.30 removed), and ``archer:arithmetic`` is generated locally.
 """
 
 from __future__ import annotations

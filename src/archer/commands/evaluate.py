@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="auto",
-        help="auto (vLLM if installed and a GPU is visible, else transformers), vllm or transformers",
+        help="auto (openai if --base-url is given, else vLLM if installed and a GPU is visible, else transformers), "
+        "transformers, vllm (in-process engines) or openai (a running OpenAI-compatible server)",
     )
     parser.add_argument("--output-dir", default=None, help="parent folder of the run folder (default: see README)")
     parser.add_argument("--limit", type=int, default=None, help="at most N problems per task (smoke runs)")
@@ -39,20 +40,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--batch-size", type=int, default=16, help="transformers: problems per generate call")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per model replica")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: model replicas")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")
+    parser.add_argument(
+        "--data-parallel-size", type=int, default=1, help="vLLM: engines, one process per group of TP GPUs"
+    )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM: fraction of GPU memory")
     parser.add_argument("--max-model-length", type=int, default=None, help="vLLM: context length")
+    server = parser.add_argument_group("openai backend (a running OpenAI-compatible server: vllm serve, SGLang, TGI)")
+    server.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1")
+    server.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the key")
+    server.add_argument(
+        "--model-name", default=None, help="model name on the server (default: the only one it serves)"
+    )
+    server.add_argument(
+        "--prompt-format",
+        default="tokens",
+        choices=["tokens", "text"],
+        help="send token ids (exact; default) or the prompt text (the server tokenises it)",
+    )
+    server.add_argument("--max-concurrency", type=int, default=32, help="requests in flight (default: %(default)s)")
+    server.add_argument(
+        "--max-retries", type=int, default=5, help="retries on 5xx, timeouts, refused connections (default: 5)"
+    )
+    server.add_argument("--request-timeout", type=float, default=3600.0, help="seconds per request (default: 3600)")
 
 
 def run(args: argparse.Namespace) -> int:
     from archer.evaluation.backends import BackendOptions
     from archer.evaluation.runner import EvalRequest, evaluate
 
-    for flag in ("limit", "batch_size", "tensor_parallel_size", "data_parallel_size"):
+    for flag in ("limit", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_concurrency"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {value}")
+    if args.max_retries < 0 or args.request_timeout <= 0:
+        raise UserError("--max-retries must be >= 0 and --request-timeout > 0")
     request = EvalRequest(
         model=args.model,
         suite=args.suite,
@@ -67,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
             data_parallel_size=args.data_parallel_size,
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_model_length=args.max_model_length,
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            served_model=args.model_name,
+            prompt_format=args.prompt_format,
+            max_concurrency=args.max_concurrency,
+            max_retries=args.max_retries,
+            request_timeout_s=args.request_timeout,
         ),
     )
     out_dir, _ = evaluate(request)

@@ -1,8 +1,18 @@
-"""Generation backends: vLLM (through lighteval's ``VLLMModel``) on GPUs, plain transformers otherwise.
+"""Generation backends for ``archer eval``, and how one is chosen.
 
-Both take the same token ids (the runner formats prompts once) and return k completions per prompt, decoded
-without special tokens as TRL decodes them during training. Neither goes through lighteval's sample cache,
-which is keyed on the model config rather than the weights.
+- ``transformers``: ``model.generate`` in this process (CPU or one GPU); the reference, and what CI runs.
+- ``vllm``: vLLM's own offline API (``vllm.LLM``) in this process, or one engine process per GPU group for data
+  parallelism (``backends_vllm.py``; every vLLM call lives in ``vllm_engine.py``).
+- ``openai``: any OpenAI-compatible server's ``/v1/completions`` (``vllm serve``, SGLang, TGI; ``backends_openai.py``).
+
+All take the same token ids (the runner formats prompts once) and return k completions per prompt, decoded without
+special tokens as TRL decodes them during training. lighteval provides the tasks and metrics, never the decoding.
+
+Seeds: vLLM and the server route seed each problem (``problem_seeds``: problem i of a task gets
+``seed + i * k``, and vLLM gives its j-th sample ``seed + i * k + j``), so their samples do not depend on batching,
+concurrency or the data-parallel layout. transformers cannot seed rows of a batch: it seeds once per task
+(``torch.manual_seed(seed)``) and its samples depend on ``--batch-size``. Greedy decoding (temperature 0) needs no
+seed and agrees across backends up to floating-point differences between kernels.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from archer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm", "openai")
+PROMPT_FORMATS = ("tokens", "text")
 
 
 @dataclass(frozen=True)
@@ -34,18 +45,38 @@ class Sampling:
 class BackendOptions:
     dtype: str = field(default="auto", metadata={"help": "weights dtype: auto, float32, bfloat16, float16"})
     batch_size: int = field(default=16, metadata={"help": "transformers: problems per generate() call"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model replica"})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM: model replicas (through ray)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per engine"})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM: engines, one process per GPU group"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: fraction of GPU memory"})
     max_model_length: int | None = field(default=None, metadata={"help": "vLLM: context length (prompt + output)"})
-    seed: int = field(default=1234, metadata={"help": "sampling seed"})
+    seed: int = field(default=1234, metadata={"help": "sampling seed (the suite's)"})
+    base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://host:8000/v1"})
+    api_key_env: str | None = field(default=None, metadata={"help": "openai: environment variable with the key"})
+    served_model: str | None = field(
+        default=None, metadata={"help": "openai: model name on the server (default: the one it serves)"}
+    )
+    prompt_format: str = field(default="tokens", metadata={"help": "openai: send token ids or prompt text"})
+    max_concurrency: int = field(default=32, metadata={"help": "openai: requests in flight at once"})
+    max_retries: int = field(default=5, metadata={"help": "openai: retries on 5xx, timeouts, connection errors"})
+    request_timeout_s: float = field(default=3600.0, metadata={"help": "openai: seconds per request"})
 
 
 class Backend(Protocol):
     name: str
     tokenizer: object
 
-    def generate(self, prompts: Sequence[list[int]], sampling: Sampling, desc: str) -> list[list[str]]: ...
+    def generate(
+        self, prompts: Sequence[list[int]], sampling: Sampling, desc: str, texts: Sequence[str] | None = None
+    ) -> list[list[str]]: ...
+
+    def protocol(self) -> dict[str, object]: ...
+
+    def close(self) -> None: ...
+
+
+def problem_seeds(seed: int, num_problems: int, k: int) -> list[int]:
+    """One seed per problem, k apart: vLLM gives sample j of a request ``seed + j``, so no two samples share one."""
+    return [seed + i * k for i in range(num_problems)]
 
 
 def vllm_available() -> bool:
@@ -56,15 +87,37 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
-def select_backend(requested: str = "auto") -> str:
-    """``auto``: vLLM when it is installed and a GPU is visible, transformers otherwise."""
+def select_backend(requested: str = "auto", base_url: str | None = None) -> str:
+    """``auto``: the server when ``--base-url`` is given, else vLLM when installed with a GPU, else transformers."""
     if requested not in BACKENDS:
         raise UserError(f"--backend {requested!r}: valid: {', '.join(BACKENDS)}")
+    if base_url is not None and requested not in ("auto", "openai"):
+        raise UserError(f"--base-url is for --backend openai, not --backend {requested}")
+    if requested == "openai" and base_url is None:
+        raise UserError("--backend openai needs --base-url, e.g. --base-url http://127.0.0.1:8000/v1")
     if requested == "vllm" and not vllm_available():
-        raise UserError("--backend vllm: vLLM is not installed or no GPU is visible; use --backend transformers")
+        raise UserError(
+            "--backend vllm: vLLM is not installed or no GPU is visible; use --backend transformers, or "
+            "--backend openai --base-url URL for a running server"
+        )
     if requested == "auto":
+        if base_url is not None:
+            return "openai"
         return "vllm" if vllm_available() else "transformers"
     return requested
+
+
+def load_backend(name: str, model: str, options: BackendOptions) -> Backend:
+    """The backend ``name`` for ``model`` (a local folder or Hub id: the weights, or for ``openai`` the tokenizer)."""
+    if name == "vllm":
+        from archer.evaluation.backends_vllm import VLLMBackend
+
+        return VLLMBackend(model, options)
+    if name == "openai":
+        from archer.evaluation.backends_openai import OpenAIBackend
+
+        return OpenAIBackend(model, options)
+    return TransformersBackend(model, options)
 
 
 class TransformersBackend:
@@ -85,7 +138,15 @@ class TransformersBackend:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
 
-    def generate(self, prompts: Sequence[list[int]], sampling: Sampling, desc: str) -> list[list[str]]:
+    def protocol(self) -> dict[str, object]:
+        return {"dtype": self.options.dtype, "batch_size": self.options.batch_size}
+
+    def close(self) -> None:
+        pass
+
+    def generate(
+        self, prompts: Sequence[list[int]], sampling: Sampling, desc: str, texts: Sequence[str] | None = None
+    ) -> list[list[str]]:
         import torch
 
         torch.manual_seed(self.options.seed)
@@ -106,61 +167,9 @@ class TransformersBackend:
                         pad_token_id=self.tokenizer.pad_token_id,
                         **kwargs,
                     )
-                texts = self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-                out.extend(texts[i : i + sampling.k] for i in range(0, len(texts), sampling.k))
+                texts_out = self.tokenizer.batch_decode(
+                    ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                out.extend(texts_out[i : i + sampling.k] for i in range(0, len(texts_out), sampling.k))
                 bar.update(len(batch))
         return out
-
-
-def vllm_model_config(model: str, options: BackendOptions, sampling: Sampling, cache_dir: str):
-    """lighteval's ``VLLMModelConfig`` for one task's protocol (the sampling parameters live in the config)."""
-    from lighteval.models.model_input import GenerationParameters
-    from lighteval.models.vllm.vllm_model import VLLMModelConfig
-
-    return VLLMModelConfig(
-        model_name=model,
-        dtype="bfloat16" if options.dtype == "auto" else options.dtype,
-        tensor_parallel_size=options.tensor_parallel_size,
-        data_parallel_size=options.data_parallel_size,
-        gpu_memory_utilization=options.gpu_memory_utilization,
-        max_model_length=options.max_model_length,
-        seed=options.seed,
-        cache_dir=cache_dir,
-        generation_parameters=GenerationParameters(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            seed=options.seed,
-        ),
-    )
-
-
-class VLLMBackend:
-    """lighteval's ``VLLMModel`` (tensor / data parallel), fed the runner's token ids directly."""
-
-    name = "vllm"
-
-    def __init__(self, model: str, options: BackendOptions, cache_dir: str):
-        from transformers import AutoTokenizer
-
-        self.model_path, self.options, self.cache_dir = model, options, cache_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self._model = None  # lighteval's VLLMModel, built on first use
-
-    def _engine(self, sampling: Sampling):
-        from lighteval.models.vllm.vllm_model import VLLMModel
-
-        config = vllm_model_config(self.model_path, self.options, sampling, self.cache_dir)
-        if self._model is None:
-            self._model = VLLMModel(config)
-        # The engine is built once; each task's sampling parameters are read from the config at generate time.
-        self._model.config = config
-        self._model._cache = None  # lighteval's sample cache is keyed on the config, not the weights: never use it
-        return self._model
-
-    def generate(self, prompts: Sequence[list[int]], sampling: Sampling, desc: str) -> list[list[str]]:
-        logger.info("%s: %d problems x %d samples on vLLM", desc, len(prompts), sampling.k)
-        outputs = self._engine(sampling)._generate(
-            inputs=list(prompts), max_new_tokens=sampling.max_new_tokens, stop_tokens=[], num_samples=sampling.k
-        )
-        return [[o.text for o in output.outputs] for output in outputs]

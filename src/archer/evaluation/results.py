@@ -5,7 +5,9 @@
     {"schema_version": 1,
      "model": str (run folder, model folder or Hub id), "local_model": bool,
      "suite": str (its name), "suite_file": str, "suite_description": str,
-     "protocol": {"backend": "transformers" | "vllm", "seed": int, "dtype": str, ...batch size or parallelism},
+     "protocol": {"backend": "transformers" | "vllm" | "openai", "seed": int,
+                  transformers: "dtype", "batch_size"; vllm: "dtype", "tensor_parallel_size", "data_parallel_size";
+                  openai: "served_model", "server" (its owned_by), "prompt_format", "max_concurrency"},
      "tasks": {<task>: {"task": "archer:<task>", "dataset": Hub id | local path | "generated",
                         "revision": Hub commit of the dataset | null (unpinned, local or generated),
                         "k", "temperature", "top_p", "max_new_tokens", "prompt_style",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from archer.errors import UserError
-from archer.evaluation.backends import Backend, BackendOptions, Sampling, select_backend
+from archer.evaluation.backends import Backend, BackendOptions, Sampling, load_backend, select_backend
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
@@ -45,7 +44,7 @@ class ModelRef:
 class EvalRequest:
     model: str | None = field(default=None, metadata={"help": "run folder, model folder or Hub id; None: newest run"})
     suite: str = field(default="eval/suites/tiny.yaml", metadata={"help": "suite YAML"})
-    backend: str = field(default="auto", metadata={"help": "auto, transformers or vllm"})
+    backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run folder goes (default: see docs)"})
     limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})
     data: dict[str, str] = field(default_factory=dict, metadata={"help": "task -> local data path"})
@@ -205,16 +204,6 @@ def grading_record(options: GradingOptions, docs: Sequence[Any]) -> dict[str, An
     return record
 
 
-def _load_backend(name: str, model: ModelRef, options: BackendOptions, out_dir: Path) -> Backend:
-    if name == "vllm":
-        from archer.evaluation.backends import VLLMBackend
-
-        return VLLMBackend(model.name_or_path, options, cache_dir=str(out_dir.with_name(out_dir.name + ".cache")))
-    from archer.evaluation.backends import TransformersBackend
-
-    return TransformersBackend(model.name_or_path, options)
-
-
 def output_dir_for(model: ModelRef, suite: Suite, request: EvalRequest, now: datetime) -> Path:
     stamp = timestamp(now)
     if request.output_dir is not None:
@@ -224,25 +213,15 @@ def output_dir_for(model: ModelRef, suite: Suite, request: EvalRequest, now: dat
     return fresh_dir(request.runs_root / "eval", f"{model.short_name}-{suite.name}-{stamp}")
 
 
-def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
-    """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
-    started, t0 = datetime.now(UTC), time.perf_counter()
-    model = resolve_model(request.model, request.runs_root)
-    suite = load_suite(request.suite)
-    prepared = _prepare(suite, request, model)
-    backend_name = select_backend(request.backend)
-    options = replace(request.backend_options, seed=suite.seed)
-    out_dir = output_dir_for(model, suite, request, started)
-    logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
-    backend = _load_backend(backend_name, model, options, out_dir)
-
+def _run_tasks(prepared: Sequence[PreparedTask], backend: Backend) -> tuple[dict[str, Any], dict[str, list]]:
+    """Generate and grade every task; returns the ``tasks`` entries of results.json and the details rows."""
     tasks, details = {}, {}
     for task in prepared:
         spec, docs = task.spec, task.docs
         prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
         t_gen = time.perf_counter()
         sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
-        completions = backend.generate(ids, sampling, desc=spec.short_name)
+        completions = backend.generate(ids, sampling, desc=spec.short_name, texts=prompts)
         generation_s = time.perf_counter() - t_gen
         grading = grading_options(spec, backend.tokenizer)
         metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, grading)
@@ -259,6 +238,24 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
             "details": f"details/{spec.short_name}.jsonl",
         }
         logger.info("%s: %s", spec.short_name, ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+    return tasks, details
+
+
+def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
+    """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    model = resolve_model(request.model, request.runs_root)
+    suite = load_suite(request.suite)
+    backend_name = select_backend(request.backend, request.backend_options.base_url)
+    prepared = _prepare(suite, request, model)
+    options = replace(request.backend_options, seed=suite.seed)
+    out_dir = output_dir_for(model, suite, request, started)
+    logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
+    backend = load_backend(backend_name, model.name_or_path, options)
+    try:
+        tasks, details = _run_tasks(prepared, backend)
+    finally:
+        backend.close()
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -270,15 +267,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         "protocol": {
             "backend": backend_name,
             "seed": suite.seed,
-            "dtype": options.dtype,
-            **(
-                {
-                    "tensor_parallel_size": options.tensor_parallel_size,
-                    "data_parallel_size": options.data_parallel_size,
-                }
-                if backend_name == "vllm"
-                else {"batch_size": options.batch_size}
-            ),
+            **backend.protocol(),
         },
         "tasks": tasks,
         "averages": average_rows(tasks, suite.averages),
@@ -287,5 +276,4 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     write_run(out_dir, results, details)
-    shutil.rmtree(out_dir.with_name(out_dir.name + ".cache"), ignore_errors=True)
     return out_dir, results

@@ -4,7 +4,7 @@ import pytest
 
 from archer.errors import UserError
 from archer.evaluation import backends
-from archer.evaluation.backends import problem_seeds, select_backend
+from archer.evaluation.backends import BackendOptions, check_options, problem_seeds, select_backend
 from archer.evaluation.runner import encode_prompts
 
 
@@ -28,6 +28,15 @@ def test_base_url_picks_the_server_backend(monkeypatch):
         select_backend("openai")
     with pytest.raises(UserError, match="--base-url is for --backend openai, not --backend vllm"):
         select_backend("vllm", url)
+
+
+def test_flags_the_chosen_backend_would_ignore_are_refused():
+    check_options("openai", BackendOptions(base_url="http://h/v1", served_model="m", max_concurrency=4))
+    check_options("vllm", BackendOptions(tensor_parallel_size=2, data_parallel_size=4, max_model_length=34816))
+    with pytest.raises(UserError, match="--tensor-parallel-size: the server decides this with --backend openai"):
+        check_options("openai", BackendOptions(base_url="http://h/v1", tensor_parallel_size=2))
+    with pytest.raises(UserError, match="--model-name is for --backend openai .* the backend is transformers"):
+        check_options("transformers", BackendOptions(served_model="m"))
 
 
 def test_problem_seeds_never_share_a_sample_seed():

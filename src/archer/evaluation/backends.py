@@ -107,6 +107,41 @@ def select_backend(requested: str = "auto", base_url: str | None = None) -> str:
     return requested
 
 
+# BackendOptions field -> its flag, for the options that only one kind of backend reads
+ENGINE_FLAGS = {
+    "dtype": "--dtype",
+    "batch_size": "--batch-size",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "data_parallel_size": "--data-parallel-size",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "max_model_length": "--max-model-length",
+}
+SERVER_FLAGS = {
+    "api_key_env": "--api-key-env",
+    "served_model": "--model-name",
+    "prompt_format": "--prompt-format",
+    "max_concurrency": "--max-concurrency",
+    "max_retries": "--max-retries",
+    "request_timeout_s": "--request-timeout",
+}
+
+
+def check_options(backend: str, options: BackendOptions) -> None:
+    """A flag the chosen backend would silently ignore is a mistake: say which backend reads it."""
+    defaults = BackendOptions()
+    if backend == "openai":
+        for key, flag in ENGINE_FLAGS.items():
+            if getattr(options, key) != getattr(defaults, key):
+                raise UserError(
+                    f"{flag}: the server decides this with --backend openai (set it where the server starts, "
+                    "e.g. vllm serve); drop it or use --backend vllm / transformers"
+                )
+        return
+    for key, flag in SERVER_FLAGS.items():
+        if getattr(options, key) != getattr(defaults, key):
+            raise UserError(f"{flag} is for --backend openai (with --base-url URL); the backend is {backend}")
+
+
 def load_backend(name: str, model: str, options: BackendOptions) -> Backend:
     """The backend ``name`` for ``model`` (a local folder or Hub id: the weights, or for ``openai`` the tokenizer)."""
     if name == "vllm":

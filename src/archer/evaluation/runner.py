@@ -18,7 +18,14 @@ from types import ModuleType
 from typing import Any
 
 from archer.errors import UserError
-from archer.evaluation.backends import Backend, BackendOptions, Sampling, load_backend, select_backend
+from archer.evaluation.backends import (
+    Backend,
+    BackendOptions,
+    Sampling,
+    check_options,
+    load_backend,
+    select_backend,
+)
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
@@ -247,6 +254,7 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     model = resolve_model(request.model, request.runs_root)
     suite = load_suite(request.suite)
     backend_name = select_backend(request.backend, request.backend_options.base_url)
+    check_options(backend_name, request.backend_options)
     prepared = _prepare(suite, request, model)
     options = replace(request.backend_options, seed=suite.seed)
     out_dir = output_dir_for(model, suite, request, started)

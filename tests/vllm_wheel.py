@@ -1,8 +1,9 @@
 """Names read from the pinned vLLM wheel's Python source (a zip; never installed, never imported), for tests that
 hold a fake to the real thing.
 
-The wheel is ``$ARCHER_VLLM_WHEEL`` (the ``.whl`` or a folder holding it), else ``.cache/wheels/`` of the
-repository; fill it with ``pip download --no-deps vllm==0.30.0 -d .cache/wheels``. Tests skip when it is absent.
+The wheel is looked for where ``make api-check`` caches it (``$ARCHER_WHEEL_CACHE``, else
+``~/.cache/archer/wheels``; CI runs that target before the tests); ``make api-check`` or
+``pip download --no-deps vllm==0.30.0 -d ~/.cache/archer/wheels`` fills it. Tests skip when it is absent.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from functools import cache
 from pathlib import Path
 
 VLLM_VERSION = "0.30.0"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_wheel() -> Path | None:
-    given = os.environ.get("ARCHER_VLLM_WHEEL")
-    place = Path(given) if given else ROOT / ".cache" / "wheels"
-    if place.is_file():
-        return place
+    given = os.environ.get("ARCHER_WHEEL_CACHE")
+    place = (
+        Path(given) if given else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archer/wheels"
+    )
     found = sorted(place.glob(f"vllm-{VLLM_VERSION}-*.whl")) if place.is_dir() else []
     return found[0] if found else None
 

@@ -1,7 +1,7 @@
 """Every call ``archer eval`` makes into vLLM, on vLLM 0.30's public offline API and nothing else.
 
 Importing this module imports vLLM (GPU install only: ``make install-gpu``). The calls are written with plain
-keyword arguments on purpose: the project's vLLM API check (issue 11) reads them with ``ast`` and checks each name against the pinned
+keyword arguments on purpose: ``make api-check`` reads them with ``ast`` and checks each name against the pinned
 vLLM wheel (``LLM.__init__`` and ``EngineArgs`` for the engine, ``SamplingParams``' fields, ``TokensPrompt``'s
 keys, ``RequestOutput.outputs`` and ``CompletionOutput.index`` / ``.text``).
 """
@@ -9,7 +9,6 @@ keys, ``RequestOutput.outputs`` and ``CompletionOutput.index`` / ``.text``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
@@ -22,7 +21,7 @@ def build_engine(
     gpu_memory_utilization: float,
     max_model_length: int | None,
     seed: int,
-) -> Any:
+) -> LLM:
     """One engine over ``tensor_parallel_size`` GPUs (data parallelism is one such engine per process)."""
     return LLM(
         model=model,
@@ -35,7 +34,7 @@ def build_engine(
 
 
 def generate(
-    engine: Any,
+    engine: LLM,
     prompts: Sequence[list[int]],
     k: int,
     temperature: float,
@@ -62,5 +61,8 @@ def generate(
         for seed in seeds
     ]
     requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts]
-    outputs = engine.generate(requests, params, use_tqdm=use_tqdm)
-    return [[choice.text for choice in sorted(output.outputs, key=lambda c: c.index)] for output in outputs]
+    completions = []
+    for output in engine.generate(requests, params, use_tqdm=use_tqdm):
+        by_index = {choice.index: choice.text for choice in output.outputs}
+        completions.append([by_index[j] for j in sorted(by_index)])
+    return completions

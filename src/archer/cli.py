@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "archer.commands.train",
         "train a model from a YAML recipe (SFT warm-start + Archer RL for tiny recipes)",
     ),
-    "eval": ("archer.commands.evaluate", "evaluate a model on a benchmark suite (lighteval; vLLM or transformers)"),
+    "eval": (
+        "archer.commands.evaluate",
+        "evaluate a model on a benchmark suite (lighteval tasks; transformers, vLLM or an OpenAI-compatible server)",
+    ),
     "card": ("archer.commands.card", "render the model card (README.md) of a run folder"),
     "push": ("archer.commands.push", "render the card and push a run folder to the Hugging Face Hub"),
     "bench": ("archer.commands.bench", "measure what Archer costs, as ratios against references"),

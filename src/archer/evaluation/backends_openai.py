@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -42,6 +43,13 @@ def server_message(err: Exception) -> str:
     if isinstance(body, str) and body:
         return _one_line(body)
     return _one_line(getattr(err, "message", None) or str(err))
+
+
+def _same_model(served: str, local: str) -> bool:
+    """The server's model path or id against ``--model`` (paths compared resolved when both exist here)."""
+    if Path(served).exists() and Path(local).exists():
+        return Path(served).resolve() == Path(local).resolve()
+    return served.rstrip("/") == local.rstrip("/")
 
 
 class OpenAIBackend:
@@ -82,7 +90,7 @@ class OpenAIBackend:
         self.server = getattr(entry, "owned_by", None) or "unknown"
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         root = getattr(entry, "root", None) or self.served_model
-        if root.rstrip("/") != model.rstrip("/"):
+        if not _same_model(root, model):
             logger.warning(
                 "the server serves %s (%s); prompts are encoded with the tokenizer of %s: they must be the same model",
                 self.served_model,

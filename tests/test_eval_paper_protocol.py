@@ -178,10 +178,16 @@ class FakeBackend:
     def __init__(self, tokenizer, completions: list[list[str]]):
         self.tokenizer, self._completions = tokenizer, list(completions)
 
-    def generate(self, prompts, sampling, desc):
-        texts = self._completions.pop(0)  # one list per task, in suite order
-        assert len(texts) == sampling.k
-        return [list(texts) for _ in prompts]
+    def generate(self, prompts, sampling, desc, texts=None):
+        completions = self._completions.pop(0)  # one list per task, in suite order
+        assert len(completions) == sampling.k
+        return [list(completions) for _ in prompts]
+
+    def protocol(self):
+        return {"dtype": "auto", "batch_size": 16}
+
+    def close(self):
+        pass
 
 
 @pytest.fixture
@@ -204,8 +210,8 @@ def fake_run(tmp_path, monkeypatch):
         ["So 3 + r = 5 + r - 2.\n</think>\nAdd \\boxed{2}.", "It might be \\boxed{2}, but wait"],  # amc23 row 0
         ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # olympiadbench row 0
     ]
-    monkeypatch.setattr(runner, "select_backend", lambda requested: "transformers")
-    monkeypatch.setattr(runner, "_load_backend", lambda *a: FakeBackend(tokenizer, completions))
+    monkeypatch.setattr(runner, "select_backend", lambda requested, base_url=None: "transformers")
+    monkeypatch.setattr(runner, "load_backend", lambda *a: FakeBackend(tokenizer, completions))
 
     def run(close: str) -> tuple[dict, Path, list]:
         suite = tmp_path / f"fake-{close}.yaml"

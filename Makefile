@@ -18,13 +18,14 @@ REVISION ?=
 PRIVATE ?=
 ARGS ?=
 PYTEST_ARGS ?=
+WHEEL_CACHE ?=
 
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style clean
+.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style api-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +81,9 @@ test-fast: $(STAMP) system-deps ## the tests not marked slow
 quality: $(STAMP) ## lint and format check (ruff)
 	$(BIN)/ruff check src tests bench eval
 	$(BIN)/ruff format --check src tests bench eval
+
+api-check: $(STAMP) ## check our (and TRL's) calls into vLLM 0.30 (its wheel, read not installed) and lighteval
+	$(BIN)/python -m archer.devtools.api_check $(if $(WHEEL_CACHE),--cache-dir $(WHEEL_CACHE))
 
 style: $(STAMP) ## fix lint and formatting
 	$(BIN)/ruff check --fix src tests bench eval

@@ -326,6 +326,9 @@ class _Walker:
             return None
         if isinstance(node, ast.Await):
             return self.expr(node.value, env)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # list + list
+            left, right = self.expr(node.left, env), self.expr(node.right, env)
+            return left if isinstance(left, SeqOf) and _same(left, right) else None
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.expr):
                 self.expr(child, env)

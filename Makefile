@@ -19,13 +19,14 @@ PRIVATE ?=
 ARGS ?=
 PYTEST_ARGS ?=
 WHEEL_CACHE ?=
+WHEELS ?=
 
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style api-check clean
+.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style api-check gpu-proof clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,6 +82,9 @@ test-fast: $(STAMP) system-deps ## the tests not marked slow
 quality: $(STAMP) ## lint and format check (ruff)
 	$(BIN)/ruff check src tests bench eval
 	$(BIN)/ruff format --check src tests bench eval
+
+gpu-proof: ## the GPU proof (bench/gpu/): WHEELS=<folder> first installs what a bare GPU machine lacks; CPU form without GPU
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu/run.sh $(or $(WHEELS),-) $(ARGS)
 
 api-check: $(STAMP) ## check our (and TRL's) calls into vLLM 0.30 (its wheel, read not installed) and lighteval
 	$(BIN)/python -m archer.devtools.api_check $(if $(WHEEL_CACHE),--cache-dir $(WHEEL_CACHE))

@@ -44,7 +44,10 @@ def _build(model_dir: Path, shape: tuple[int, ...], max_positions: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _trainers(model_dir: Path, out: Path, batch: int, completion_len: int) -> dict:
+def _trainers(
+    model_dir: Path, out: Path, batch: int, completion_len: int, names: tuple[str, ...] | None = None, **overrides
+) -> dict:
+    """The trainers of ``specs`` below (or those in ``names``); ``overrides`` replace the common config values."""
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -67,6 +70,7 @@ def _trainers(model_dir: Path, out: Path, batch: int, completion_len: int) -> di
         activation_checkpointing=False,
         dataloader_pin_memory=False,
     )
+    common.update(overrides)
     dataset = ArithmeticTask().dataset(256, seed=3)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     specs = {
@@ -77,6 +81,8 @@ def _trainers(model_dir: Path, out: Path, batch: int, completion_len: int) -> di
     }
     trainers = {}
     for i, (name, (trainer_cls, config_cls, extra)) in enumerate(specs.items()):
+        if names is not None and name not in names:
+            continue
         args = config_cls(output_dir=str(out / str(i)), **common, **extra)
         trainer = trainer_cls(
             model=str(model_dir),

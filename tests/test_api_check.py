@@ -262,3 +262,16 @@ def test_real_wheel_tree_passes_and_planted_keyword_fails(tmp_path, capsys):
     assert api_check.main(["--wheel", str(wheel), "--root", str(tmp_path), "--checks", "vllm"]) == 1
     out = capsys.readouterr().out
     assert "src/planted.py:6: LLM(max_model_length=...): vllm.entrypoints.llm.LLM has no keyword" in out
+
+
+def test_vllm_environment_variable_names_are_checked(fake_wheel, tmp_path, capsys):
+    wheel = tmp_path / "vllm-0.30.0-py3-none-any.whl"
+    with zipfile.ZipFile(fake_wheel) as src, zipfile.ZipFile(wheel, "w") as dst:
+        for item in src.namelist():
+            dst.writestr(item, src.read(item))
+        dst.writestr("vllm/envs.py", 'environment_variables = {"VLLM_DP_RANK": lambda: 0}\n')
+    module = tmp_path / "src" / "dp.py"
+    module.parent.mkdir(parents=True)
+    module.write_text('import os\n\nos.environ["VLLM_DP_RANK"] = "0"\nos.environ["VLLM_DP_RANKK"] = "0"\n')
+    assert api_check.main(["--wheel", str(wheel), "--root", str(tmp_path), "--checks", "vllm"]) == 1
+    assert "src/dp.py:4: VLLM_DP_RANKK: vLLM reads no such variable" in capsys.readouterr().out

@@ -145,10 +145,35 @@ def our_files(root: Path, dirs: tuple[str, ...]) -> list[tuple[Path, str]]:
 
 def check_ours(index: PackageIndex, root: Path, dirs: tuple[str, ...], label: str, title: str) -> Section:
     section = Section(title)
-    scan_files(index, our_files(root, dirs), label, section)
+    files = our_files(root, dirs)
+    scan_files(index, files, label, section)
+    if index.package == "vllm":
+        section.problems += check_env_names(index, files, label)
     if not section.uses:
         section.notes.append(f"  (no use of {index.package} found under {', '.join(dirs)})")
     return section
+
+
+ENV_NAME = re.compile(r"VLLM_[A-Z0-9_]+")
+
+
+def check_env_names(vllm: PackageIndex, files: list[tuple[Path, str]], label: str) -> list[Problem]:
+    """``VLLM_*`` environment variables our Python code sets or reads must be ones vLLM reads (vllm/envs.py)."""
+    envs = vllm.module("vllm.envs")
+    known = {c.value for c in _string_constants(envs) if ENV_NAME.fullmatch(c.value)} if envs else set()
+    if not known:
+        return []
+    problems = []
+    for path, display in files:
+        source = path.read_text(encoding="utf-8")
+        if "VLLM_" not in source:
+            continue
+        for const in _string_constants(ast.parse(source)):
+            if ENV_NAME.fullmatch(const.value) and const.value not in known:
+                problems.append(
+                    Problem(display, const.lineno, f"{const.value}: vLLM reads no such variable ({label})")
+                )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------------

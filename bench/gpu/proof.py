@@ -61,7 +61,7 @@ class Form:
     def for_device(cls, device: str, steps: int | None) -> Form:
         if device == "cuda":
             return cls(device, 1024, 8, steps or 10, 16, 32_768, 20)
-        return cls(device, 16, 8, steps or 2, 16, 1024, 5)
+        return cls(device, 16, 8, steps or 2, 16, 1024, 20)
 
     @property
     def label(self) -> str:
@@ -311,10 +311,16 @@ def run_worker(
     except subprocess.TimeoutExpired:
         return [], f"timed out after {timeout:.0f} s"
     if done.returncode != 0 or not out.exists():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-12:]
-        print("\n".join(tail), file=sys.stderr)
-        return [], f"failed (exit {done.returncode}): {tail[-1] if tail else 'no output'}"
+        return [], f"failed (exit {done.returncode}): {_last_error(done)}"
     return json.loads(out.read_text()), None
+
+
+def _last_error(done: subprocess.CompletedProcess) -> str:
+    """The last line naming an error in a failed process's output (printed in full above the table)."""
+    lines = (done.stderr + done.stdout).strip().splitlines()
+    print("\n".join(lines[-40:]), file=sys.stderr)
+    errors = [line.strip() for line in lines if "Error" in line or "error:" in line]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def eval_part(model_dir: Path, tmp: Path, deadline: float) -> dict:
@@ -344,9 +350,7 @@ def eval_part(model_dir: Path, tmp: Path, deadline: float) -> dict:
         return {**row, "Archer / ours": "timed out", "note": "vLLM engine start + 16 problems exceeded the budget"}
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-12:]
-        print("\n".join(tail), file=sys.stderr)
-        return {**row, "Archer / ours": "FAILED", "note": f"exit {done.returncode}: {tail[-1] if tail else ''}"}
+        return {**row, "Archer / ours": "FAILED", "note": f"exit {done.returncode}: {_last_error(done)}"}
     return {**row, "Archer / ours": f"{elapsed:.0f} s", "note": "engine start, sampling, grading, results files"}
 
 

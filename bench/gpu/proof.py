@@ -23,6 +23,7 @@ table says so: that is the form CI runs. Output: one markdown table, ``bench/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -355,15 +356,14 @@ def eval_part(model_dir: Path, tmp: Path, deadline: float) -> dict:
 
 
 def machine(device: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import transformers
-    import trl
 
-    versions = f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
-    if importlib.util.find_spec("deepspeed"):
-        from importlib.metadata import version
-
-        versions += f", deepspeed {version('deepspeed')}"
+    versions = f"torch {torch.__version__}"
+    for package in ("transformers", "trl", "deepspeed", "vllm"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions += f", {package} {version(package)}"
     if device == "cuda":
         return f"{torch.cuda.get_device_name()}, Python {platform.python_version()}, {versions}"
     return f"{platform.machine()} CPU ({os.cpu_count()} cores), Python {platform.python_version()}, {versions}"
@@ -394,6 +394,7 @@ def drive(args: argparse.Namespace) -> int:
         from mfu import peak_tflops
 
         peak = peak_tflops(torch.cuda.get_device_name())
+    args.budget_s = args.budget_s or (450.0 if device == "cuda" else 1800.0)
     budget_end = started + args.budget_s
     has_vllm = device == "cuda" and importlib.util.find_spec("vllm") is not None
     rows: list[dict] = []
@@ -451,7 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/gpu/proof.py", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per trainer (default: 10 GPU, 2 CPU)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget of the whole run")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole run (default: 450 s GPU, 1800 s CPU)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak of the GPU (default: by name)")
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: bench/results/gpu-proof-*.md)")
     # internal: one worker process

@@ -711,7 +711,8 @@ def _init_false(value: ast.expr | None) -> bool:
 
 
 def _class_body_names(node: ast.ClassDef) -> dict[str, ast.AST]:
-    """Attributes a class defines: class-level names, methods, nested classes, and ``self.x = ...`` in methods."""
+    """Attributes a class defines: class-level names, methods, nested classes, and ``self.x = ...`` (or
+    ``setattr(self, "x", ...)``) in methods."""
     names: dict[str, ast.AST] = {}
     for stmt in top_level(node.body):
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -723,6 +724,16 @@ def _class_body_names(node: ast.ClassDef) -> dict[str, ast.AST]:
                         for elt in t.elts if isinstance(t, ast.Tuple) else [t]:
                             if _is_self_attr(elt):
                                 names.setdefault(elt.attr, _SelfAssign(stmt, value, None))
+                    continue
+                if (
+                    isinstance(sub, ast.Call)
+                    and _decorator_name(sub.func) == "__setattr__"
+                    or (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "setattr")
+                ):  # object.__setattr__(self, "x", v) in frozen dataclasses, setattr(self, "x", v)
+                    args = sub.args
+                    on_self = len(args) >= 2 and isinstance(args[0], ast.Name) and args[0].id == "self"
+                    if on_self and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str):
+                        names.setdefault(args[1].value, _SelfAssign(stmt, None, None))
                     continue
                 if isinstance(sub, (ast.AnnAssign, ast.AugAssign)):
                     target, value = sub.target, sub.value

@@ -148,6 +148,16 @@ def test_explicit_base_results_file_wins(tmp_path):
     assert "| my-base |" in text
 
 
+@pytest.mark.parametrize(("correction", "shown"), [(False, "off (as the paper's code)"), (True, "on (sequence_mask")])
+def test_card_records_the_vllm_importance_sampling_correction(tmp_path, correction, shown):
+    run = make_run(tmp_path / "run", base_model=BASE_MODEL)
+    assert "importance-sampling correction" not in render_card(run).text  # no vLLM rollouts: nothing to record
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["trainer"].update(use_vllm=True, vllm_importance_sampling_correction=correction)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert f"- **vLLM importance-sampling correction:** {shown}" in render_card(run).text
+
+
 def test_rendering_is_deterministic(tmp_path):
     run = make_run(tmp_path / "run")
     first = write_card(run).read_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import pytest
 import torch
@@ -137,19 +136,16 @@ def test_resolution_agrees_with_trl(tmp_path, per_device, accumulation, generati
     )
 
 
-def test_optimizer_steps_per_rollout_can_be_a_fraction():
-    # a rollout of 2 micro-steps, 4 micro-steps per optimizer step: one optimizer step spans 2 rollouts
-    plan = plan_batches(
-        num_processes=2,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=4,
-        steps_per_generation=2,
-        num_generations=8,
-        max_completion_length=64,
-    )
-    assert plan.optimizer_steps_per_rollout == Fraction(1, 2)
+def test_the_paper_batch_is_stated_once_and_holds_on_any_node_count():
+    common = dict(per_device_train_batch_size=4, num_generations=16, generation_batch_size=1024, num_iterations=3,
+                  max_completion_length=64, responses_per_step=512)  # fmt: skip
+    for processes, accumulation in ((8, 16), (16, 8)):
+        plan = plan_batches(num_processes=processes, **common)
+        assert plan.gradient_accumulation_steps == accumulation
+        assert (plan.responses_per_optimizer_step, plan.optimizer_steps_per_rollout) == (512, 6)
+    plan = plan_batches(num_processes=2, per_device_train_batch_size=8, num_generations=8, max_completion_length=64)
     assert plan.max_sequence_length is None
-    assert plan.tokens_per_optimizer_step == 64 * 64  # completions only when the prompt bound is unknown
+    assert plan.tokens_per_optimizer_step == 16 * 64  # completions only when the prompt bound is unknown
 
 
 @pytest.mark.parametrize(

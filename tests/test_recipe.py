@@ -82,7 +82,7 @@ def test_command_line_overrides(tmp_path):
         (lambda r: r["model"].update(name_or_path="./no/such/model"), "model.name_or_path: ./no/such/model does not"),
         (lambda r: r["objective"].update(preset="ppo"), "objective:"),
         (lambda r: r["objective"].update(reasoning_clip=-1), "objective:"),
-        (lambda r: r["trainer"].update(per_device_train_batch_size=6), "trainer:.*divisible by num_generations"),
+        (lambda r: r["trainer"].update(per_device_train_batch_size=6), "trainer:.*whole groups of num_generations"),
         (lambda r: r["trainer"].update(beta=0.1), "trainer.beta"),
         (lambda r: r["data"].update(dataset="org/some-dataset"), "data.dataset: the tiny model only knows"),
     ],

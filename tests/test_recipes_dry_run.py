@@ -47,18 +47,20 @@ def test_every_recipe_passes_the_dry_run(path):
 def test_paper_recipes_hold_the_paper_numbers(path):
     recipe = load_recipe_for_plan(path)
     args = recipe.trainer
-    plan = plan_recipe(recipe, num_processes=8)
-    assert (plan.prompts_per_rollout, plan.num_generations, plan.generation_batch_size) == (64, 16, 1024)
-    assert plan.responses_per_optimizer_step == 512  # mini-batch of 32 prompts
-    assert plan.num_iterations == 3 and plan.optimizer_steps_per_rollout == 6
+    for processes in (8, 16):  # the paper's run: 2 x 8 GPUs
+        plan = plan_recipe(recipe, num_processes=processes)
+        assert (plan.prompts_per_rollout, plan.num_generations, plan.generation_batch_size) == (64, 16, 1024)
+        assert plan.responses_per_optimizer_step == 512  # mini-batch of 32 prompts
+        assert plan.num_iterations == 3 and plan.optimizer_steps_per_rollout == 6
     assert plan.max_prompt_length == 2048 and plan.max_completion_length == 32768
     assert args.learning_rate == 1e-6 and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
     assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.999)
-    assert args.lr_scheduler_type.value == "constant_with_warmup" and args.warmup_steps == 10 * 6
+    # a Trainer step is a rollout, as verl's step: 10 warm-up rollouts, 520 / 320 of them in all
+    assert args.lr_scheduler_type.value == "constant_with_warmup" and args.warmup_steps == 10
     assert (args.temperature, args.top_p, args.top_k) == (1.0, 1.0, 0)
     assert args.drop_uniform_groups
-    paper_steps = 320 if path.stem == "code" else 520
-    assert args.max_steps == paper_steps * 6
+    assert not args.vllm_importance_sampling_correction  # the reference applies none
+    assert args.max_steps == (320 if path.stem == "code" else 520)
     assert args.objective == path.parent.name  # archer/ or dapo/
     if path.stem == "code":
         assert recipe.data.rewards == ["code"] and recipe.data.max_tests == 16
@@ -66,16 +68,34 @@ def test_paper_recipes_hold_the_paper_numbers(path):
         assert recipe.data.rewards == ["math"]
 
 
-@pytest.mark.parametrize(("gpus", "accumulation"), [(16, 8), (32, 4), (64, 2)])
+@pytest.mark.parametrize(("gpus", "accumulation"), [(1, 128), (8, 16), (16, 8), (32, 4), (64, 2)])
 def test_scaling_out_keeps_the_mini_batch(gpus, accumulation):
-    recipe = load_recipe_for_plan(PAPER_RECIPES[0], [f"trainer.gradient_accumulation_steps={accumulation}"])
+    recipe = load_recipe_for_plan(PAPER_RECIPES[0])
     plan = plan_recipe(recipe, num_processes=gpus)
+    assert plan.gradient_accumulation_steps == accumulation  # derived from the process count, nothing to override
     assert plan.responses_per_optimizer_step == 512 and plan.optimizer_steps_per_rollout == 6
     assert "fits" in describe(recipe, num_processes=gpus)
 
 
+@pytest.mark.parametrize("processes", [8, 16])
+def test_paper_dry_run_shows_the_reference_batch_precision_and_no_is_correction(processes):
+    for path in PAPER_RECIPES:
+        text = describe(load_recipe_for_plan(path), num_processes=processes)
+        accumulation = 128 // processes
+        assert (
+            f"4 per device x {processes} x {accumulation} accumulation (derived from responses_per_step) = 512" in text
+        )
+        assert "1024 / 512 x 3 epochs = 6" in text
+        assert "vLLM importance-sampling correction: off" in text
+        assert "master copy (AdamW updates)    float32" in text and "compute                        bfloat16" in text
+        assert "warm-up 10 rollouts" in text
+    ddp = describe(load_recipe_for_plan(PAPER_RECIPES[0]), num_processes=processes, zero_stage=0)
+    assert "precision (DDP)" in ddp and "weights (forward / backward)   float32" in ddp
+    assert "compute                        bfloat16 autocast" in ddp
+
+
 def test_impossible_settings_fail_clearly():
-    with pytest.raises(UserError, match="generation_batch_size=1024: must divide"):
+    with pytest.raises(UserError, match=r"responses_per_step=512: cannot be split over 6 process\(es\)"):
         describe(load_recipe_for_plan(PAPER_RECIPES[0]), num_processes=6)
     too_long = load_recipe_for_plan(PAPER_RECIPES[0], ["trainer.vllm_max_model_length=1000"])
     with pytest.raises(UserError, match="leaves no room for a prompt"):
@@ -95,8 +115,7 @@ def test_accelerate_configs_parse_and_match_the_recipes():
         assert config.mixed_precision == "bf16" and not config.use_cpu
         world = config.num_processes
         for path in GPU_RECIPES:  # the recipes' batch arithmetic works at each config's size
-            recipe = load_recipe_for_plan(path, [f"trainer.gradient_accumulation_steps={16 * 8 // world}"])
-            assert plan_recipe(recipe, world).responses_per_optimizer_step == 512
+            assert plan_recipe(load_recipe_for_plan(path), world).responses_per_optimizer_step == 512
     assert configs["zero3"].deepspeed_config["zero_stage"] == 3 and configs["zero3"].num_machines == 1
     assert configs["multi_node_zero3"].num_machines > 1
     for path in (ROOT / "recipes" / "deepspeed").glob("*.json"):
@@ -136,27 +155,30 @@ def test_serve_vllm_script_reads_the_recipe(tmp_path):
 
 
 def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    # `archer` logs its call and runs the real dry run, so a batch that cannot run stops the script as it would
+    archer = f'echo "archer $*" >> "$LOG"; [[ "$2" == --dry-run ]] || exit 0; exec {sys.executable} -m archer.cli "$@"'
     env = _fake_bin(
         tmp_path,
         {
             "scontrol": "printf '%s\\n' " + " ".join(nodes),
             "srun": 'args="$*"; echo "srun ${args//$\'\\n\'/ }" >> "$LOG"',  # one line per call
-            "archer": 'echo "archer $*" >> "$LOG"',
+            "archer": archer,
         },
     )
     env.update(SLURM_JOB_NODELIST=",".join(nodes), SLURM_JOB_ID="7", LOG=str(tmp_path / "calls"), **extra_env)
+    env["PYTHONPATH"] = str(ROOT / "src")
     return subprocess.run(
         ["bash", str(ROOT / "slurm" / "train.slurm"), str(PAPER_RECIPES[0]), *args],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
 
 
-def test_slurm_script_scales_accumulation_and_places_the_vllm_server(tmp_path):
+def test_slurm_script_plans_the_real_world_size_and_places_the_vllm_server(tmp_path):
     result = _slurm(tmp_path, ["n1", "n2", "n3", "n4"], {})
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls[0].startswith("archer train --dry-run --num-processes 32 ")
-    assert calls[0].endswith("trainer.gradient_accumulation_steps=4")  # 16 x 8 / 32: still 512 per step
+    assert calls[0] == f"archer train --dry-run --num-processes 32 {PAPER_RECIPES[0]}"  # no accumulation override
+    assert "4 per device x 32 x 4 accumulation (derived from responses_per_step) = 512" in result.stdout
     assert calls[1].startswith("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --nodelist=n1,n2,n3,n4")
     assert " 4 32 n1 29500 " in calls[1]
 
@@ -168,11 +190,12 @@ def test_slurm_script_scales_accumulation_and_places_the_vllm_server(tmp_path):
     assert "--nodelist=n3" in server
     dry_run = next(c for c in calls if c.startswith("archer"))
     assert "--num-processes 16 " in dry_run and "trainer.vllm_mode=server" in dry_run
-    assert "trainer.vllm_server_host=n3" in dry_run and "trainer.gradient_accumulation_steps=8" in dry_run
-    assert "trainer.max_steps=12" in dry_run
+    assert "trainer.vllm_server_host=n3" in dry_run and "trainer.max_steps=12" in dry_run
+    assert "4 per device x 16 x 8 accumulation" in result.stdout
 
     result = _slurm(tmp_path, ["n1", "n2", "n3"], {})  # 24 GPUs: 512 responses do not split evenly
-    assert result.returncode == 2 and "cannot keep the mini-batch on 24 GPUs" in result.stderr
+    assert result.returncode == 2 and "responses_per_step=512: cannot be split over 24" in result.stderr
+    assert not any(c.startswith("srun") for c in (tmp_path / "calls").read_text().splitlines()[-1:])
 
 
 def test_tiny_recipe_plans_the_model_training_builds():

@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl in the run folder and a concise one-line-per-step log."""
+"""Trainer callbacks: metrics.jsonl in the run folder and a concise one-line-per-step log (a step is a rollout)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ _LINE = (
     ("clip r/k", ("reasoning/clip_frac", "knowledge/clip_frac"), "{:.3f}"),
     ("kl", "knowledge/kl", "{:.2e}"),
     ("drop", "dropped_group_frac", "{:.2f}"),
+    ("opt steps", "optimizer_steps", "{:.0f}"),
     ("loss", "loss", "{:.4f}"),
 )
 
@@ -50,7 +51,7 @@ def format_step_line(step: int, max_steps: int, logs: dict) -> str:
 
 class MetricsFileCallback(TrainerCallback):
     """Appends every training log to ``<output_dir>/metrics.jsonl``. On resume, drops lines logged after the
-    checkpoint being resumed, so that every optimizer step appears exactly once."""
+    checkpoint being resumed, so that every logged step (rollout) appears exactly once."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / METRICS_FILE

@@ -40,7 +40,8 @@ TRAINER_KEYS = (
     "num_generations",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
-    "steps_per_generation",
+    "responses_per_step",
+    "generation_batch_size",
     "num_iterations",
     "max_prompt_length",
     "max_completion_length",
@@ -355,6 +356,8 @@ def build_context(run: Run, repo_id: str | None, own: EvalResults | None, base: 
         "batch_summary": _batch_summary(trainer),
         "data_rows": [(k, _fmt(v)) for k, v in data.items() if v not in (None, [], {}) and k != "dataset"],
         "global_step": results.get("global_step"),
+        "optimizer_steps": results.get("optimizer_steps"),
+        "is_correction": _is_correction(trainer),
         "heldout": heldout,
         "heldout_examples": data.get("heldout_examples"),
         "eval": own,
@@ -379,6 +382,16 @@ def _trainer_rows(trainer: dict[str, Any], has_objective: bool) -> list[tuple[st
     if isinstance(trainer.get("max_steps"), int) and trainer["max_steps"] > 0:
         keys = [k for k in keys if k != "num_train_epochs"]  # max_steps overrides epochs in transformers
     return [(k, _fmt(trainer[k])) for k in keys]
+
+
+def _is_correction(trainer: dict[str, Any]) -> str | None:
+    """Whether TRL's vLLM importance-sampling correction weighed the loss (only for vLLM rollouts)."""
+    if not trainer.get("use_vllm"):
+        return None
+    if not trainer.get("vllm_importance_sampling_correction"):
+        return "off (as the paper's code)"
+    mode, cap = trainer.get("vllm_importance_sampling_mode"), trainer.get("vllm_importance_sampling_clip_max")
+    return f"on ({mode}, clip max {cap})"
 
 
 def _batch_summary(trainer: dict[str, Any]) -> str | None:

@@ -5,27 +5,24 @@ model's ``config.json`` (no weights, no network): the configs of the models our 
 ``archer/data/model_configs/``. A setting that cannot run (a batch that does not split into whole groups, a model
 that cannot fit whatever the batch) raises :class:`UserError`; one that probably will not fit is flagged.
 
-TRL's batch vocabulary, mapped to the paper's (ARCHER.md, "Training recipe"):
-- a *rollout* is one generation batch: ``generation_batch_size`` completions = prompts x ``num_generations``;
-- an *optimizer step* consumes ``per_device_train_batch_size x processes x gradient_accumulation_steps``
-  completions (the paper's mini-batch);
-- TRL splits the rollout into ``steps_per_generation`` micro-steps per process and walks over them
-  ``num_iterations`` times (the paper's epochs), so optimizer steps per rollout =
-  ``steps_per_generation x num_iterations / gradient_accumulation_steps``.
+The batch arithmetic is :mod:`archer.batch`'s, the rule the trainer applies at launch: a rollout of
+``generation_batch_size`` responses, mini-batches of ``responses_per_step`` responses (one optimizer step each),
+``num_iterations`` epochs, the accumulation derived from the process count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from archer.batch import Batch, resolve_batch
 from archer.errors import UserError
+from archer.precision import Precision, plan_precision
 
 logger = logging.getLogger(__name__)
 
@@ -149,30 +146,15 @@ def load_model_shape(name_or_path: str) -> ModelShape:
 
 
 @dataclass(frozen=True)
-class BatchPlan:
-    """How one rollout is generated and consumed, in TRL's terms and the paper's."""
+class BatchPlan(Batch):
+    """A recipe's :class:`archer.batch.Batch` plus the lengths that bound the tokens of an optimizer step."""
 
-    num_processes: int
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    num_generations: int
-    generation_batch_size: int  # completions per rollout, all processes
-    steps_per_generation: int
-    num_iterations: int
     max_prompt_length: int | None
     max_completion_length: int
 
     @property
-    def prompts_per_rollout(self) -> int:
-        return self.generation_batch_size // self.num_generations
-
-    @property
     def responses_per_optimizer_step(self) -> int:
-        return self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
-
-    @property
-    def optimizer_steps_per_rollout(self) -> Fraction:
-        return Fraction(self.steps_per_generation * self.num_iterations, self.gradient_accumulation_steps)
+        return self.responses_per_step
 
     @property
     def max_sequence_length(self) -> int | None:
@@ -181,70 +163,39 @@ class BatchPlan:
     @property
     def tokens_per_optimizer_step(self) -> int:
         """Upper bound: every response at full length (prompt included when its bound is known)."""
-        return self.responses_per_optimizer_step * (self.max_sequence_length or self.max_completion_length)
+        return self.responses_per_step * (self.max_sequence_length or self.max_completion_length)
 
 
 def plan_batches(
     *,
     num_processes: int,
     per_device_train_batch_size: int,
-    gradient_accumulation_steps: int,
     num_generations: int,
     max_completion_length: int,
+    responses_per_step: int | None = None,
+    gradient_accumulation_steps: int = 1,
     generation_batch_size: int | None = None,
     steps_per_generation: int | None = None,
     num_iterations: int = 1,
     max_prompt_length: int | None = None,
 ) -> BatchPlan:
-    """Resolve the batch sizes as TRL's GRPOConfig does, and reject what cannot run."""
-    for name, value in (
-        ("num_processes", num_processes),
-        ("per_device_train_batch_size", per_device_train_batch_size),
-        ("gradient_accumulation_steps", gradient_accumulation_steps),
-        ("num_iterations", num_iterations),
-        ("max_completion_length", max_completion_length),
-    ):
-        if value < 1:
-            raise UserError(f"trainer.{name}={value}: must be >= 1")
-    if num_generations < 2:
-        raise UserError(f"trainer.num_generations={num_generations}: GRPO needs >= 2 responses per prompt")
-    per_micro_step = per_device_train_batch_size * num_processes
-    if generation_batch_size is not None and steps_per_generation is not None:
-        raise UserError("trainer: set generation_batch_size or steps_per_generation, not both")
-    if generation_batch_size is not None:
-        if generation_batch_size % per_micro_step:
-            raise UserError(
-                f"trainer.generation_batch_size={generation_batch_size}: must divide by per_device_train_batch_size "
-                f"x processes = {per_device_train_batch_size} x {num_processes} = {per_micro_step}"
-            )
-        steps_per_generation = generation_batch_size // per_micro_step
-    else:
-        steps_per_generation = steps_per_generation or gradient_accumulation_steps
-        generation_batch_size = per_micro_step * steps_per_generation
-    if generation_batch_size % num_generations:
-        raise UserError(
-            f"trainer: a rollout of {generation_batch_size} completions (per_device_train_batch_size x processes x "
-            f"steps_per_generation) does not split into whole groups of num_generations={num_generations}"
-        )
-    passes = steps_per_generation * num_iterations
-    if passes % gradient_accumulation_steps and gradient_accumulation_steps % passes:
-        raise UserError(
-            f"trainer: steps_per_generation x num_iterations = {passes} micro-steps per rollout and "
-            f"gradient_accumulation_steps={gradient_accumulation_steps}: one must divide the other, or optimizer "
-            "steps straddle rollouts unevenly"
-        )
+    """Resolve the batch as the trainer does (:func:`archer.batch.resolve_batch`), and reject what cannot run."""
+    if max_completion_length < 1:
+        raise UserError(f"trainer.max_completion_length={max_completion_length}: must be >= 1")
     if max_prompt_length is not None and max_prompt_length < 1:
         raise UserError(f"max prompt length {max_prompt_length}: must be >= 1")
-    return BatchPlan(
+    batch = resolve_batch(
         num_processes=num_processes,
         per_device_train_batch_size=per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
         num_generations=num_generations,
+        responses_per_step=responses_per_step,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         generation_batch_size=generation_batch_size,
         steps_per_generation=steps_per_generation,
         num_iterations=num_iterations,
-        max_prompt_length=max_prompt_length,
-        max_completion_length=max_completion_length,
+    )
+    return BatchPlan(
+        **dataclasses.asdict(batch), max_prompt_length=max_prompt_length, max_completion_length=max_completion_length
     )
 
 
@@ -290,6 +241,7 @@ def estimate_memory(
     micro_batch: int,
     sequence_length: int,
     dtype_bytes: int = 2,
+    activation_bytes: int | None = None,
     gradient_checkpointing: bool = True,
     reference_model: bool = False,
     vllm_colocate_fraction: float | None = None,
@@ -299,8 +251,9 @@ def estimate_memory(
     """Memory per GPU of one training process.
 
     Model states follow the ZeRO paper's mixed-precision Adam accounting: weights and gradients in the training
-    dtype, plus 12 bytes per parameter (fp32 master copy, Adam m and v) when the weights are 16-bit, 8 (m, v) when
-    they are fp32. Stage 0 (DDP) replicates all of it; stage 2 shards gradients and optimizer state over
+    dtype (``dtype_bytes``), plus 12 bytes per parameter (fp32 master copy, Adam m and v) when the weights are
+    16-bit, 8 (m, v) when they are fp32 (their own master copy). Activations are in ``activation_bytes`` (the
+    compute dtype; default ``dtype_bytes``). Stage 0 (DDP) replicates all of it; stage 2 shards gradients and optimizer state over
     ``world_size``; stage 3 also shards the weights and gathers about two blocks (the running layer and the
     prefetched one) at a time. Activations: with gradient checkpointing one hidden state per layer is kept and one
     layer is recomputed at a time, without it every layer's intermediates live until backward (attention through
@@ -324,9 +277,10 @@ def estimate_memory(
         items["reference model"] = p * dtype_bytes / shard_weights
     tokens = micro_batch * sequence_length
     h = shape.hidden_size
-    per_layer = tokens * (4 * h + shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate_size) * dtype_bytes
+    act = activation_bytes or dtype_bytes
+    per_layer = tokens * (4 * h + shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate_size) * act
     if gradient_checkpointing:
-        items["activations"] = shape.num_layers * tokens * h * dtype_bytes + 2 * per_layer
+        items["activations"] = shape.num_layers * tokens * h * act + 2 * per_layer
     else:
         items["activations"] = shape.num_layers * per_layer
     items["CUDA context, buffers"] = OVERHEAD_GIB * GIB
@@ -378,31 +332,59 @@ def describe(
     args = recipe.trainer
     plan = plan_recipe(recipe, num_processes)
     world = plan.num_processes
+    stage = zero_stage if world > 1 else 0
+    precision = _precision(recipe, stage)
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
     lines += _effective_config(recipe, objective)
     lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
-    lines += _format_plan(plan, args)
-
-    lines += _memory_lines(recipe, plan, zero_stage, gpu_memory_gib)
+    lines += _format_plan(plan, args, responses_per_step_given=_raw_trainer(recipe).get("responses_per_step"))
+    launch = f"DeepSpeed ZeRO-{stage}" if stage else "DDP" if world > 1 else "one process"
+    lines += ["", f"precision ({launch}):", *precision.lines()]
+    lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision)
     return "\n".join(lines)
 
 
 def plan_recipe(recipe: Any, num_processes: int | None = None) -> BatchPlan:
     """The batch plan of a recipe on ``num_processes`` training processes (default: this launch's world size)."""
     args = recipe.trainer
-    raw = (getattr(recipe, "raw", None) or {}).get("trainer") or {}
+    raw = _raw_trainer(recipe)
     return plan_batches(
         num_processes=num_processes or int(os.environ.get("WORLD_SIZE", "1")),
         per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
-        # GRPOConfig has filled both in for its own world size: re-derive from what the recipe sets.
+        # ArcherConfig has resolved these for its own world size: re-derive from what the recipe sets.
+        responses_per_step=raw.get("responses_per_step"),
+        gradient_accumulation_steps=raw.get("gradient_accumulation_steps", 1),
         generation_batch_size=raw.get("generation_batch_size"),
         steps_per_generation=raw.get("steps_per_generation"),
         num_iterations=args.num_iterations,
         max_prompt_length=_max_prompt_length(args),
+    )
+
+
+def _raw_trainer(recipe: Any) -> dict[str, Any]:
+    return (getattr(recipe, "raw", None) or {}).get("trainer") or {}
+
+
+def _precision(recipe: Any, stage: int) -> Precision:
+    """What each part runs in on this launch (archer.precision); ZeRO stages mean DeepSpeed with the recipe's
+    bf16 / fp16 flag as its mixed precision (the accelerate configs under recipes/accelerate/)."""
+    args = recipe.trainer
+    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else None
+    if recipe.model.is_tiny:
+        checkpoint_dtype = "float32"
+    else:
+        config = json.loads(config_file_for(recipe.model.name_or_path).read_text())
+        checkpoint_dtype = config.get("dtype") or config.get("torch_dtype")
+    return plan_precision(
+        model_dtype=recipe.model.dtype,
+        mixed=mixed,
+        deepspeed_mixed=stage >= 2 and mixed is not None,
+        reference_model=args.beta != 0.0,
+        use_vllm=bool(args.use_vllm),
+        checkpoint_dtype=checkpoint_dtype,
     )
 
 
@@ -421,11 +403,11 @@ def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = 
         training_args.is_torch_bf16_gpu_available = check
 
 
-def _memory_lines(recipe: Any, plan: BatchPlan, zero_stage: int, gpu_memory_gib: float) -> list[str]:
+def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> list[str]:
     args, world = recipe.trainer, plan.num_processes
     shape = _model_shape(recipe)
-    dtype_bytes = DTYPE_BYTES.get(recipe.model.dtype, 2 if args.bf16 or args.fp16 else 4)
-    stage = zero_stage if world > 1 else 0
+    dtype_bytes = DTYPE_BYTES.get(precision.load_dtype, 2)  # the weights as trained (DeepSpeed: half; else fp32)
+    activation_bytes = 4 if precision.compute == "float32" else 2
     memory = estimate_memory(
         shape,
         world_size=world,
@@ -433,6 +415,7 @@ def _memory_lines(recipe: Any, plan: BatchPlan, zero_stage: int, gpu_memory_gib:
         micro_batch=plan.per_device_train_batch_size,
         sequence_length=plan.max_sequence_length or plan.max_completion_length,
         dtype_bytes=dtype_bytes,
+        activation_bytes=activation_bytes,
         gradient_checkpointing=bool(args.gradient_checkpointing),
         reference_model=args.beta != 0.0,
         vllm_colocate_fraction=args.vllm_gpu_memory_utilization
@@ -495,12 +478,12 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
         f"data: {data.dataset} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)})",
         f"objective: {args.objective} {objective.to_dict()}",
-        f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule, "
-        f"warmup {args.warmup_steps:g} steps, weight decay {args.weight_decay:g}, grad clip {args.max_grad_norm:g}, "
-        f"betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
+        f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule "
+        f"counted in rollouts, warm-up {args.warmup_steps:g} rollouts, weight decay {args.weight_decay:g}, grad clip "
+        f"{args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
-        f"precision: {'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}, gradient checkpointing "
-        f"{'on' if args.gradient_checkpointing else 'off'}",
+        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
+        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
     ]
     if args.use_vllm:
         where = (
@@ -509,9 +492,18 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
             else f"server {args.vllm_server_base_url or f'{args.vllm_server_host}:{args.vllm_server_port}'}"
         )
         lines.append(f"rollouts: vLLM ({where}), max model length {args.vllm_max_model_length or 'from the model'}")
+        if args.vllm_importance_sampling_correction:
+            lines.append(
+                f"vLLM importance-sampling correction: on ({args.vllm_importance_sampling_mode}, clip max "
+                f"{args.vllm_importance_sampling_clip_max:g}), multiplied into the policy-gradient term"
+            )
+        else:
+            lines.append("vLLM importance-sampling correction: off (as the reference: the mismatch is only logged)")
     else:
         lines.append("rollouts: transformers generate()")
-    lines.append(f"run: max_steps {args.max_steps}, output {args.output_dir}")
+    lines.append(
+        f"run: max_steps {args.max_steps} rollouts (one Trainer step = one rollout), output {args.output_dir}"
+    )
     return lines
 
 
@@ -523,15 +515,16 @@ def _value(option: Any) -> Any:
     return getattr(option, "value", option)
 
 
-def _format_plan(plan: BatchPlan, args: Any) -> list[str]:
+def _format_plan(plan: BatchPlan, args: Any, responses_per_step_given: int | None = None) -> list[str]:
     steps = plan.optimizer_steps_per_rollout
+    derived = " (derived from responses_per_step)" if responses_per_step_given else ""
     lines = [
         f"  prompts per rollout            {plan.prompts_per_rollout} x {plan.num_generations} responses = "
         f"{plan.generation_batch_size} responses",
         f"  responses per optimizer step   {plan.per_device_train_batch_size} per device x {plan.num_processes} "
-        f"x {plan.gradient_accumulation_steps} accumulation = {plan.responses_per_optimizer_step}",
-        f"  optimizer steps per rollout    {plan.steps_per_generation} micro-steps x {plan.num_iterations} "
-        f"iterations / {plan.gradient_accumulation_steps} accumulation = {steps}",
+        f"x {plan.gradient_accumulation_steps} accumulation{derived} = {plan.responses_per_step}",
+        f"  optimizer steps per rollout    {plan.generation_batch_size} / {plan.responses_per_step} x "
+        f"{plan.num_iterations} epochs = {steps} (fewer when groups are dropped; none when all are)",
     ]
     if plan.max_prompt_length:
         per_response = f"{plan.max_prompt_length} prompt + {plan.max_completion_length} completion"
@@ -539,12 +532,14 @@ def _format_plan(plan: BatchPlan, args: Any) -> list[str]:
         per_response = f"{plan.max_completion_length} completion; prompts unbounded (no vllm_max_model_length)"
     lines.append(
         f"  tokens per optimizer step      <= {plan.tokens_per_optimizer_step:,} "
-        f"({plan.responses_per_optimizer_step} x {per_response})"
+        f"({plan.responses_per_step} x {per_response})"
     )
     if args.max_steps and args.max_steps > 0:
-        rollouts = math.ceil(args.max_steps / steps)
-        lines.append(f"  run                            {args.max_steps} optimizer steps = {rollouts} rollouts")
-    if steps == 1 and plan.num_iterations == 1:
+        lines.append(
+            f"  run                            {args.max_steps} rollouts = at most {args.max_steps * steps} "
+            "optimizer steps"
+        )
+    if steps == 1:
         lines.append("  note: one optimizer step per rollout: ratios stay 1 and no clip range ever acts")
     return lines
 

@@ -184,7 +184,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     _check_paths(model, data, path)
 
     from archer.objective import ObjectiveConfig
-    from archer.trainer import ArcherConfig
+    from archer.trainer import ArcherConfig, trainer_block_problem
 
     objective = dict(raw.get("objective") or {})
     preset = objective.pop("preset", "archer")
@@ -194,12 +194,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise UserError(f"{path}: objective: {_one_line(err)}") from None
 
     trainer_block = dict(raw.get("trainer") or {})
-    for key in ("objective", "objective_overrides", "beta"):
-        if key in trainer_block:
-            raise UserError(
-                f"{path}: trainer.{key}: set the objective in the 'objective' block (preset and overrides); "
-                "the KL weight (TRL's beta) follows from objective.knowledge_kl / reasoning_kl"
-            )
+    problem = trainer_block_problem(trainer_block)  # options the objective takes over, contradicting batch keys
+    if problem:
+        raise UserError(f"{path}: {problem}")
     trainer_block.setdefault("output_dir", f"outputs/{path.stem}")
     trainer = build_dataclass(
         ArcherConfig, {**trainer_block, "objective": preset, "objective_overrides": objective}, path, "trainer"

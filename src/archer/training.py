@@ -67,7 +67,8 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
         plot_run(out)
         summary = {
-            "global_step": trainer.state.global_step,
+            "global_step": trainer.state.global_step,  # rollouts
+            "optimizer_steps": trainer.optimizer_steps_taken(),
             "train_runtime_s": round(time.perf_counter() - started, 1),
             "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
             "objective": args.objective,
@@ -178,8 +179,7 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset):
     args = recipe.trainer
     model = recipe.model
     init_kwargs = dict(args.model_init_kwargs or {})
-    if model.dtype != "auto" or "dtype" not in init_kwargs:
-        init_kwargs["dtype"] = "float32" if model.dtype == "auto" and model.is_tiny else model.dtype
+    init_kwargs["dtype"] = _load_dtype(recipe)
     if model.attn_implementation:
         init_kwargs["attn_implementation"] = model.attn_implementation
     if model.revision:
@@ -217,6 +217,15 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset):
     if not args.disable_tqdm:
         trainer.add_callback(ConciseProgressCallback())
     return trainer
+
+
+def _load_dtype(recipe: Recipe) -> str:
+    """float32 unless DeepSpeed's mixed precision keeps fp32 master weights (archer.precision); logs each part."""
+    from archer.precision import deepspeed_mixed_precision, precision_of
+
+    precision = precision_of(recipe, deepspeed_mixed=deepspeed_mixed_precision(recipe.trainer))
+    logger.info("precision:\n%s", "\n".join(precision.lines()))
+    return precision.load_dtype
 
 
 def _heldout(recipe: Recipe, model, tokenizer, when: str) -> dict[str, float]:

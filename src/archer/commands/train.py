@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-processes", type=int, default=None, help="processes to plan for in --dry-run (default: this launch)"
     )
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 2, 3),
+        default=3,
+        help="DeepSpeed ZeRO stage --dry-run plans for on several processes (0: DDP; default 3)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         from archer.plan import describe, load_recipe_for_plan
 
         recipe = load_recipe_for_plan(args.recipe, args.overrides)
-        print(describe(recipe, num_processes=args.num_processes))
+        print(describe(recipe, num_processes=args.num_processes, zero_stage=args.zero_stage))
         return 0
 
     from archer.recipe import load_recipe
@@ -58,7 +65,10 @@ def quiet_third_party() -> None:
 
 
 def format_summary(summary: dict, output_dir: str) -> str:
-    lines = [f"run folder: {output_dir}", f"optimizer steps: {summary['global_step']}"]
+    steps = f"rollouts: {summary['global_step']}"
+    if summary.get("optimizer_steps") is not None:
+        steps += f", optimizer steps: {summary['optimizer_steps']}"
+    lines = [f"run folder: {output_dir}", steps]
     lines.append(f"wall time: {summary['train_runtime_s'] / 60:.1f} min (RL {summary['rl_runtime_s'] / 60:.1f} min)")
     before, after = summary.get("heldout_accuracy_before"), summary.get("heldout_accuracy_after")
     if before is not None and after is not None:

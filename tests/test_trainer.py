@@ -176,6 +176,13 @@ def test_fewer_kept_rows_make_fewer_steps_and_the_schedule_counts_rollouts(tiny_
     assert trainer.optimizer_steps_taken() == 6
 
 
+def test_weight_decay_applies_to_every_parameter(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, weight_decay=0.1)
+    trainer.create_optimizer()
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    assert decayed == {id(p) for p in trainer.model.parameters()}  # biases and norm weights included
+
+
 def test_keeping_uniform_groups_still_applies_kl(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, drop_uniform_groups=False)
     logs = train_logs(trainer)
@@ -311,7 +318,7 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_loses_and_repeats_no_step(tmp_path):
-    run, steps = tmp_path / "run", 40
+    run, steps = tmp_path / "run", 10  # rollouts
     overrides = [f"trainer.output_dir={run}", f"trainer.max_steps={steps}", "trainer.save_steps=4"]
     args = [sys.executable, "-m", "archer.cli", "train", str(SMOKE), *overrides]
     proc = subprocess.Popen(

@@ -442,7 +442,8 @@ def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: floa
         lines.append("  -> lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the")
         lines.append("     mini-batch), turn on activation_checkpointing, or lower vllm_gpu_memory_utilization")
     if args.use_vllm:
-        lines += _vllm_lines(shape, args, dtype_bytes, gpu_memory_gib, plan.max_prompt_length)
+        vllm_bytes = DTYPE_BYTES.get(precision.rollout_dtype, 2)
+        lines += _vllm_lines(shape, args, vllm_bytes, gpu_memory_gib, plan.max_prompt_length)
     return lines
 
 

@@ -26,6 +26,7 @@ class Precision:
     compute: str
     reference: str
     rollout: str
+    rollout_dtype: str  # what vLLM holds its weights in (its dtype 'auto': the checkpoint's), or the compute dtype
 
     def lines(self) -> list[str]:
         return [
@@ -88,10 +89,10 @@ def plan_precision(
         compute = f"{half} autocast" if half else "float32"
         reference = f"float32 weights, {compute} compute" if half else "float32"
     if use_vllm:
-        rollout = (
-            f"vLLM, {checkpoint_dtype or 'the checkpoint dtype'} (fresh weights cast from the policy each rollout)"
-        )
+        rollout_dtype = checkpoint_dtype or "bfloat16"
+        rollout = f"vLLM, {rollout_dtype} (fresh weights cast from the policy each rollout)"
     else:
+        rollout_dtype = half or "float32"
         rollout = f"transformers generate() on the policy itself ({compute})"
     return Precision(
         load_dtype=load,
@@ -100,6 +101,7 @@ def plan_precision(
         compute=compute,
         reference=reference if reference_model else "none (no KL term)",
         rollout=rollout,
+        rollout_dtype=rollout_dtype,
     )
 
 

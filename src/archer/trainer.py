@@ -212,6 +212,11 @@ class ArcherTrainer(GRPOTrainer):
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """TRL writes a generic card at every checkpoint; ours (archer.card) is rendered at the end of the run."""
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Weight decay on every parameter, as the reference's AdamW (ARCHER.md); transformers exempts biases and
+        norm weights by default."""
+        return [name for name, _ in model.named_parameters()]
+
     # --- one Trainer step is one rollout --------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)

@@ -22,7 +22,7 @@ from typing import Any
 
 from archer.batch import Batch, resolve_batch
 from archer.errors import UserError
-from archer.precision import Precision, plan_precision
+from archer.precision import Precision, mixed_precision, precision_of
 
 logger = logging.getLogger(__name__)
 
@@ -371,21 +371,13 @@ def _raw_trainer(recipe: Any) -> dict[str, Any]:
 def _precision(recipe: Any, stage: int) -> Precision:
     """What each part runs in on this launch (archer.precision); ZeRO stages mean DeepSpeed with the recipe's
     bf16 / fp16 flag as its mixed precision (the accelerate configs under recipes/accelerate/)."""
-    args = recipe.trainer
-    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else None
     if recipe.model.is_tiny:
         checkpoint_dtype = "float32"
     else:
         config = json.loads(config_file_for(recipe.model.name_or_path).read_text())
         checkpoint_dtype = config.get("dtype") or config.get("torch_dtype")
-    return plan_precision(
-        model_dtype=recipe.model.dtype,
-        mixed=mixed,
-        deepspeed_mixed=stage >= 2 and mixed is not None,
-        reference_model=args.beta != 0.0,
-        use_vllm=bool(args.use_vllm),
-        checkpoint_dtype=checkpoint_dtype,
-    )
+    deepspeed_mixed = stage >= 2 and mixed_precision(recipe.trainer) is not None
+    return precision_of(recipe, deepspeed_mixed=deepspeed_mixed, checkpoint_dtype=checkpoint_dtype)
 
 
 def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Any:

@@ -24,9 +24,11 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 def make_run(run_dir: Path, *, finished: bool = True, base_model: str | None = None) -> Path:
     """A run folder as `archer train` + `archer eval` leave it, minus the model weights (see test_push for those).
 
-    ``finished=False`` gives the bare minimum: a tokenizer config and nothing else (no config, eval or plots).
+    ``finished=False`` gives the bare minimum: a model and tokenizer config and nothing else (no run config, eval or
+    plots).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     (run_dir / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
     if not finished:
         return run_dir
@@ -229,6 +231,19 @@ def test_card_command_writes_readme_and_reports_user_errors(tmp_path, capsys):
     (run / "config.yaml").write_text("- a list\n")
     assert main(["card", str(run)]) == 2
     assert "config.yaml: expected a mapping" in capsys.readouterr().err
+
+    (run / "config.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\x00")
+    assert main(["card", str(run)]) == 2
+    assert "config.yaml: YAML file is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_card_on_an_empty_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["card", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "neither a run folder" in err
+    assert list(empty.iterdir()) == []
 
 
 def test_card_command_defaults_to_the_newest_run(tmp_path, monkeypatch, capsys):

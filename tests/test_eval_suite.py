@@ -89,3 +89,24 @@ def test_bad_suites_name_file_and_key(tmp_path, text, message):
 def test_missing_suite_file(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_suite(tmp_path / "nope.yaml", KNOWN)
+
+
+@pytest.mark.parametrize(
+    ("suite_bytes", "config_json", "message"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x00", '{"model_type": "qwen2"}', "suite file is not UTF-8 text"),
+        (b"tasks: [aime24]\n", '{"model_type": "qwen2", ', "config.json is not valid JSON"),
+    ],
+    ids=["binary suite", "corrupt model config"],
+)
+def test_eval_bad_files_are_one_line_exit_2_nothing_written(tmp_path, capsys, suite_bytes, config_json, message):
+    from archer.cli import main
+
+    suite, model, out = tmp_path / "suite.yaml", tmp_path / "model", tmp_path / "out"
+    suite.write_bytes(suite_bytes)
+    model.mkdir()
+    (model / "config.json").write_text(config_json)
+    assert main(["eval", "--model", str(model), "--suite", str(suite), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not out.exists() and sorted(p.name for p in model.iterdir()) == ["config.json"]

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import archer
 from archer.errors import UserError
+from archer.files import parse_yaml, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,10 @@ def _read_mapping(path: Path, kind: str) -> dict[str, Any]:
     """A JSON or YAML file holding a mapping; {} when absent; a one-line UserError when unreadable."""
     if not path.is_file():
         return {}
+    text = read_text_file(path, f"{kind} file", max_bytes=16 << 20)
     try:
-        value = yaml.safe_load(path.read_text()) if kind == "YAML" else json.loads(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        value = parse_yaml(text, str(path)) if kind == "YAML" else json.loads(text)
+    except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid {kind} ({' '.join(str(err).split())})") from None
     if value is None:
         return {}
@@ -219,6 +220,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"MODEL={run_dir}: not a folder; give a run folder written by `archer train`")
+    if not (run_dir / "config.yaml").is_file() and not (run_dir / "config.json").is_file():
+        raise UserError(
+            f"MODEL={run_dir}: neither a run folder (config.yaml) nor a model (config.json); "
+            "give a folder written by `archer train`"
+        )
     config = _read_mapping(run_dir / "config.yaml", "YAML")
     if not config:
         logger.warning("%s has no config.yaml: the card will lack training details", run_dir)

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from archer.errors import UserError
+from archer.errors import UserError, one_line
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
 
 

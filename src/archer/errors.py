@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_LINE = 300  # characters of an error line; longer messages (a huge value quoted back) are cut
+
 
 class UserError(Exception):
     """A mistake in what the user asked for (bad recipe key, missing file, impossible setting).
@@ -11,3 +13,9 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def one_line(message: object, limit: int = MAX_LINE) -> str:
+    """``message`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,28 +8,32 @@ A recipe has the blocks ``model``, ``data``, ``objective``, ``trainer`` and, for
     objective: {preset: archer, ...overrides}   # archer.objective.ObjectiveConfig fields
     trainer: {...}                              # archer.trainer.ArcherConfig (TRL GRPOConfig) fields
 
-Every problem (unknown key, wrong type, missing file, batch arithmetic that cannot work) raises
-:class:`archer.errors.UserError` naming the file and the key, before anything is written to disk.
+Every problem (a file that is missing, too large or not UTF-8, bad YAML, an unknown key, a wrong type, a value out of
+range, a missing model or data path, batch arithmetic that cannot work, an output folder that cannot be one) raises
+:class:`archer.errors.UserError` naming the file and the key, before anything is written to disk or any model is
+built. The checks that need the whole recipe are the functions in ``RECIPE_CHECKS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from archer.errors import UserError
+from archer.errors import UserError, one_line
+from archer.files import parse_yaml, read_model_config, read_yaml_file, short
 
 BLOCKS = ("model", "data", "sft", "objective", "trainer")
 TINY = "tiny"
 BUILTIN_DATASETS = ("arithmetic",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+Limit = tuple[Callable[[Any], bool], str]  # (check, what is valid) of a numeric field
 
 
 @dataclass
@@ -157,31 +161,46 @@ class Recipe:
         }
 
 
+# A check takes the built recipe and raises UserError on what cannot run. load_recipe runs them all, in this order,
+# before anything is written or built: add one function here for each new rule.
+Check = Callable[["Recipe"], None]
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read, check and build a recipe. ``overrides`` are ``block.key=value`` strings (value parsed as YAML)."""
+    """Read, check and build a recipe. ``overrides`` are ``block.key=value`` strings (value parsed as YAML).
+
+    Every check runs here: nothing is written to disk and no model is built before the whole recipe is valid.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    raw = read_recipe(path, overrides)
+    recipe = build_recipe(raw, path)
+    for check in RECIPE_CHECKS:
+        check(recipe)
+    return recipe
+
+
+def read_recipe(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe's blocks as plain data, overrides applied; file, encoding, YAML and block errors are one line."""
+    raw = read_yaml_file(path, "recipe file")
+    if raw is None:
+        raise UserError(f"{path}: the recipe is empty; start from recipes/tiny/archer.yaml")
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe is a mapping of blocks {', '.join(BLOCKS)}")
+        raise UserError(f"{path}: a recipe is a mapping of blocks {', '.join(BLOCKS)}, got {type(raw).__name__}")
     for item in overrides or []:
         _apply_override(raw, item, path)
-    unknown = sorted(set(raw) - set(BLOCKS))
+    unknown = sorted(map(str, set(raw) - set(BLOCKS)))
     if unknown:
-        raise UserError(f"{path}: unknown block {unknown[0]!r}; valid blocks: {', '.join(BLOCKS)}")
+        raise UserError(f"{path}: unknown block {short(unknown[0])}; valid blocks: {', '.join(BLOCKS)}")
     for name in BLOCKS:
         if raw.get(name) is not None and not isinstance(raw[name], dict):
             raise UserError(f"{path}: block {name!r} must be a mapping, got {type(raw[name]).__name__}")
+    return raw
 
+
+def build_recipe(raw: dict[str, Any], path: Path) -> Recipe:
+    """Each block into its typed config: unknown keys, wrong types and out-of-range values are one line."""
     model = build_dataclass(ModelArgs, raw.get("model") or {}, path, "model")
     data = build_dataclass(DataArgs, raw.get("data") or {}, path, "data")
-    _check_paths(model, data, path)
 
     from archer.objective import ObjectiveConfig
     from archer.trainer import ArcherConfig, trainer_block_problem
@@ -191,7 +210,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         ObjectiveConfig.preset(preset, **objective)
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path}: objective: {_one_line(err)}") from None
+        raise UserError(f"{path}: objective: {one_line(err)}") from None
 
     trainer_block = dict(raw.get("trainer") or {})
     problem = trainer_block_problem(trainer_block)  # options the objective takes over, contradicting batch keys
@@ -199,7 +218,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise UserError(f"{path}: {problem}")
     trainer_block.setdefault("output_dir", f"outputs/{path.stem}")
     trainer = build_dataclass(
-        ArcherConfig, {**trainer_block, "objective": preset, "objective_overrides": objective}, path, "trainer"
+        ArcherConfig,
+        {**trainer_block, "objective": preset, "objective_overrides": objective},
+        path,
+        "trainer",
+        limits=TRAINER_LIMITS,
     )
 
     sft = None
@@ -209,15 +232,133 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         from archer.tiny import SFTConfig
 
         sft = build_dataclass(SFTConfig, raw["sft"], path, "sft")
-    if model.is_tiny and not data.is_builtin:
-        raise UserError(f"{path}: data.dataset: the tiny model only knows the built-in tasks {BUILTIN_DATASETS}")
-    if data.is_builtin:
-        _check_builtin_task(data, path)
     return Recipe(path=path, model=model, data=data, trainer=trainer, sft=sft, raw=raw)
 
 
-def build_dataclass(cls: type, block: dict[str, Any], path: Path, where: str) -> Any:
-    """Build ``cls(**block)``: unknown keys and wrong types become one-line UserErrors naming ``where.key``."""
+# --------------------------------------------------------------------------------------------------------------
+# Checks on the built recipe (RECIPE_CHECKS)
+
+
+def check_length(recipe: Recipe) -> None:
+    """A run has a length: max_steps >= 1, or num_train_epochs given explicitly (TRL's default would be 3 epochs)."""
+    trainer = recipe.raw.get("trainer") or {}
+    if recipe.trainer.max_steps == -1 and "num_train_epochs" not in trainer:
+        raise UserError(
+            f"{recipe.path}: trainer.max_steps: not set; give the number of optimizer steps (or num_train_epochs)"
+        )
+
+
+def check_model_source(recipe: Recipe) -> None:
+    """The tiny model's settings build; a local model folder holds a readable config.json."""
+    path, model = recipe.path, recipe.model
+    if model.is_tiny:
+        from archer.tiny import TinyModelConfig
+
+        build_dataclass(TinyModelConfig, model.tiny, path, "model.tiny")
+        if not recipe.data.is_builtin:
+            raise UserError(f"{path}: data.dataset: the tiny model only knows the built-in tasks {BUILTIN_DATASETS}")
+        return
+    local = Path(model.name_or_path).expanduser()
+    if not local.exists():
+        if _looks_local(model.name_or_path):
+            raise UserError(
+                f"{path}: model.name_or_path: {model.name_or_path} does not exist "
+                "(give an existing folder or a Hub id org/name)"
+            )
+        return  # a Hub id: checked when downloaded
+    if not local.is_dir():
+        raise UserError(f"{path}: model.name_or_path: {local} is a file; give a model folder or a Hub id")
+    read_model_config(local, f"{path}: model.name_or_path")
+
+
+def check_data_source(recipe: Recipe) -> None:
+    """Built-in task settings build and keep training draws off the held-out set; local data paths exist."""
+    path, data = recipe.path, recipe.data
+    if data.is_builtin:
+        _check_builtin_task(data, path)
+    elif _looks_local(data.dataset) and not Path(data.dataset).expanduser().exists():
+        raise UserError(
+            f"{path}: data.dataset: {data.dataset} does not exist (give an existing file or folder, or a Hub id)"
+        )
+
+
+def check_batches(recipe: Recipe) -> None:
+    """The batch arithmetic of this launch's world size (the plan ``--dry-run`` prints)."""
+    from archer.plan import plan_recipe
+
+    try:
+        plan_recipe(recipe)
+    except UserError as err:
+        raise UserError(f"{recipe.path}: {err}") from None
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    """trainer.output_dir is a folder, or can become one: no file in the way, and writable."""
+    out = Path(recipe.trainer.output_dir).expanduser()
+    where = f"{recipe.path}: trainer.output_dir={recipe.trainer.output_dir}"
+    for folder in (out, *out.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UserError(f"{where}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{where}: {folder} is not writable")
+        return
+
+
+RECIPE_CHECKS: list[Check] = [check_length, check_model_source, check_data_source, check_batches, check_output_dir]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Typed blocks
+
+
+def _at_least(low: float) -> Limit:
+    return (lambda v: v >= low, f">= {low}")
+
+
+POSITIVE: Limit = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Limit = (lambda v: v >= 0, ">= 0")
+FRACTION: Limit = (lambda v: 0 < v <= 1, "in (0, 1]")
+# Ranges of trainer fields that TRL / transformers do not check themselves (or check only after building models).
+TRAINER_LIMITS: dict[str, Limit] = {
+    "per_device_train_batch_size": _at_least(1),
+    "per_device_eval_batch_size": _at_least(1),
+    "gradient_accumulation_steps": _at_least(1),
+    "num_generations": (lambda v: v >= 2, ">= 2 (advantages compare the responses to one prompt)"),
+    "num_generations_eval": (lambda v: v >= 2, ">= 2"),
+    "generation_batch_size": _at_least(1),
+    "steps_per_generation": _at_least(1),
+    "num_iterations": _at_least(1),
+    "max_completion_length": _at_least(1),
+    "max_steps": (lambda v: v >= 1 or v == -1, ">= 1 (or -1 with num_train_epochs)"),
+    "num_train_epochs": POSITIVE,
+    "learning_rate": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE,
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "temperature": POSITIVE,
+    "top_p": FRACTION,
+    "top_k": NON_NEGATIVE,
+    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "repetition_penalty": POSITIVE,
+    "save_steps": POSITIVE,
+    "logging_steps": POSITIVE,
+    "save_total_limit": _at_least(1),
+    "seed": NON_NEGATIVE,
+    "vllm_gpu_memory_utilization": FRACTION,
+    "dataloader_num_workers": NON_NEGATIVE,
+}
+
+
+def build_dataclass(
+    cls: type, block: dict[str, Any], path: Path, where: str, limits: dict[str, Limit] | None = None
+) -> Any:
+    """Build ``cls(**block)``: unknown keys, wrong types and values outside ``limits`` become one-line UserErrors
+    naming ``where.key``; so do the errors the class's own ``__post_init__`` raises."""
+    if not isinstance(block, dict):
+        raise UserError(f"{path}: {where}: expected a mapping, got {short(block)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     values = {}
@@ -225,33 +366,45 @@ def build_dataclass(cls: type, block: dict[str, Any], path: Path, where: str) ->
         if key not in fields:
             close = [n for n in fields if n.startswith(str(key)[:4])][:5]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(f"{path}: {where}.{key}: unknown key{hint}; see {cls.__module__}.{cls.__name__}")
+            raise UserError(
+                f"{path}: {where}.{one_line(key, 40)}: unknown key{hint}; see {cls.__module__}.{cls.__name__}"
+            )
         try:
             values[key] = _coerce(value, hints.get(key, Any))
         except TypeError as err:
             raise UserError(f"{path}: {where}.{key}: {err}") from None
+        if key in (limits or {}) and values[key] is not None:
+            check, valid = limits[key]
+            if not check(values[key]):
+                raise UserError(f"{path}: {where}.{key}={short(values[key])}: must be {valid}")
     try:
         return cls(**values)
-    except (ValueError, TypeError, UserError) as err:
-        raise UserError(f"{path}: {where}: {_one_line(err)}") from None
+    except (ValueError, TypeError, ArithmeticError, UserError) as err:
+        raise UserError(f"{path}: {where}: {one_line(err)}") from None
 
 
 def _coerce(value: Any, hint: Any) -> Any:
     """Check ``value`` against a type hint; numeric strings become numbers (YAML reads ``1e-6`` as a string)."""
-    if hint is Any or value is None and _allows_none(hint):
+    if hint is Any:
         return value
-    origin = typing.get_origin(hint)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError(f"expected null, got {short(value)}")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
             try:
                 return _coerce(value, option)
             except TypeError:
                 continue
-        raise TypeError(f"expected {_name(hint)}, got {value!r}")
+        raise TypeError(f"expected {_name(hint)}, got {short(value)}")
     if origin is typing.Literal:
-        if value in typing.get_args(hint):
+        if value in args:
             return value
-        raise TypeError(f"expected one of {list(typing.get_args(hint))}, got {value!r}")
+        raise TypeError(f"expected one of {list(args)}, got {short(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -271,41 +424,50 @@ def _coerce(value: Any, hint: Any) -> Any:
             return value
     elif origin in (list, tuple) or hint in (list, tuple):
         if isinstance(value, (list, tuple)):
-            args = typing.get_args(hint)
             if origin is list and args:
                 return [_coerce(v, args[0]) for v in value]
-            return type(value)(value) if origin is None else origin(value)
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(value) != len(args):
+                    raise TypeError(f"expected {len(args)} values, got {short(value)}")
+                return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+            return list(value) if (origin or hint) is list else tuple(value)
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
+            if len(args) == 2:
+                return {k: _coerce(v, args[1]) for k, v in value.items()}
+            return value
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return value
+        choices = [member.value for member in hint]
+        if value in choices:
+            return value
+        raise TypeError(f"expected one of {short(choices, 200)}, got {short(value)}")
+    elif isinstance(hint, type):
+        if isinstance(value, hint):
             return value
     else:
-        return value  # enums and other rich types: leave to the dataclass's own checks
-    raise TypeError(f"expected {_name(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _allows_none(hint: Any) -> bool:
-    return hint is type(None) or type(None) in typing.get_args(hint)
+        return value  # typing constructs this parser does not know: left to the dataclass's own checks
+    raise TypeError(f"expected {_name(hint)}, got {short(value)} ({type(value).__name__})")
 
 
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
 def _apply_override(raw: dict, item: str, path: Path) -> None:
     key, sep, value = item.partition("=")
     block, dot, name = key.partition(".")
     if not sep or not dot or not name:
-        raise UserError(f"override {item!r}: expected block.key=value, e.g. trainer.max_steps=10")
+        raise UserError(f"override {short(item)}: expected block.key=value, e.g. trainer.max_steps=10")
     if block not in BLOCKS:
-        raise UserError(f"override {item!r}: unknown block {block!r}; valid blocks: {', '.join(BLOCKS)}")
+        raise UserError(f"override {short(item)}: unknown block {short(block)}; valid blocks: {', '.join(BLOCKS)}")
     raw.setdefault(block, {})
+    if raw[block] is None:
+        raw[block] = {}
     if not isinstance(raw[block], dict):
         raise UserError(f"{path}: block {block!r} must be a mapping")
-    raw[block][name] = yaml.safe_load(value)
+    raw[block][name] = parse_yaml(value, f"override {short(item)}")
 
 
 def _check_builtin_task(data: DataArgs, path: Path) -> None:
@@ -319,13 +481,6 @@ def _check_builtin_task(data: DataArgs, path: Path) -> None:
         )
     if data.seed == task.heldout_seed:
         raise UserError(f"{path}: data.seed={data.seed}: equals data.task.heldout_seed; training draws need another")
-
-
-def _check_paths(model: ModelArgs, data: DataArgs, path: Path) -> None:
-    """Local paths must exist; Hub ids (org/name) are checked when loaded."""
-    for where, value in (("model.name_or_path", model.name_or_path), ("data.dataset", data.dataset)):
-        if _looks_local(value) and not Path(value).expanduser().exists():
-            raise UserError(f"{path}: {where}: {value} does not exist (give an existing folder or a Hub id org/name)")
 
 
 def _looks_local(value: str) -> bool:

@@ -31,6 +31,7 @@ from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
 from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, versions, write_run
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
+from archer.files import read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ def resolve_model(model: str | None, runs_root: Path = RUNS_ROOT) -> ModelRef:
     if path.exists() or looks_local or model.count("/") != 1:
         if not path.is_dir():
             raise UserError(f"--model {model}: no such model folder")
-        if not (path / "config.json").is_file():
-            raise UserError(f"--model {model}: folder has no config.json (not a saved model)")
+        read_model_config(path, f"--model {model}")
         return ModelRef(str(path), True)
     return ModelRef(model, False)
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from archer.errors import UserError
+from archer.files import read_yaml_file
 
 TASK_PREFIX = "archer:"
 PROMPT_STYLES = ("chat", "raw")
@@ -112,11 +111,7 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"suite file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    raw = _mapping(str(path), raw)
+    raw = _mapping(str(path), read_yaml_file(path, "suite file"))
     if unknown := sorted(set(raw) - SUITE_KEYS):
         raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
 

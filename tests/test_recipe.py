@@ -96,6 +96,12 @@ def test_command_line_overrides(tmp_path):
         (lambda r: r["trainer"].update(max_steps=0), r"trainer.max_steps=0: must be >= 1"),
         (lambda r: r["trainer"].pop("max_steps"), "trainer.max_steps: not set"),
         (lambda r: r["trainer"].update(temperature=0), "trainer.temperature=0.0: must be > 0"),
+        # TRL's own ValueErrors, one line
+        (
+            lambda r: r["trainer"].update(generation_batch_size=16, steps_per_generation=2),
+            "trainer: 'generation_batch_size' and 'steps_per_generation' can not be both configured",
+        ),
+        (lambda r: r["trainer"].update(auto_find_batch_size=True), "trainer: auto_find_batch_size is not supported"),
         # `X | None` fields are type-checked like the others
         (lambda r: r["trainer"].update(bf16="yes please"), r"trainer.bf16: expected bool \| None, got 'yes please'"),
         (lambda r: r["trainer"].update(save_total_limit="3"), r"trainer.save_total_limit: expected int \| None"),

@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics.jsonl in the run folder and a concise one-line-per-step log (a step is a rollout)."""
+"""Trainer callbacks: metrics.jsonl in the run folder, the run id in checkpoints, a concise line per step (a step is
+a rollout)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import math
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ExportableState, ProgressCallback
+
+from archer.files import append_line, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,10 @@ def format_step_line(step: int, max_steps: int, logs: dict) -> str:
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every training log to ``<output_dir>/metrics.jsonl``. On resume, drops lines logged after the
-    checkpoint being resumed, so that every logged step (rollout) appears exactly once."""
+    """Appends every training log to ``<output_dir>/metrics.jsonl``, one fsync'd line per log.
+
+    On (re)start, rewrites the file (atomically) without the lines logged after the checkpoint being resumed and
+    without a line torn by a kill, so that every logged step (rollout) appears exactly once."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / METRICS_FILE
@@ -59,20 +64,31 @@ class MetricsFileCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= state.global_step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records, torn = read_jsonl(self.path)
+        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= state.global_step]
+        if torn:
+            logger.warning("%s: dropped %d torn line(s) (a write cut by a kill)", self.path, torn)
+        if torn or len(kept) != len(records):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:
             return
         record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
+
+
+class RunIdCallback(TrainerCallback, ExportableState):
+    """Stores the run's id in every checkpoint's ``trainer_state.json`` (the Trainer saves the ``state()`` of such
+    callbacks there), so a restart resumes only from checkpoints of the run that owns the folder (archer.run_folder).
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def state(self) -> dict:
+        return {"args": {"run_id": self.run_id}, "attributes": {}}
 
 
 class ConciseProgressCallback(ProgressCallback):

@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import archer
 from archer.errors import UserError
-from archer.files import parse_yaml, read_text_file
+from archer.files import atomic_write_text, parse_yaml, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -457,9 +457,7 @@ def write_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Render the card of ``run_dir`` into ``<run_dir>/README.md``; returns that path."""
     card = render_card(run_dir, **kwargs)
     path = Path(run_dir) / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(str(card), encoding="utf-8")
-    tmp.replace(path)  # never leave a half-written card
+    atomic_write_text(path, str(card))  # never leave a half-written card
     logger.info("wrote %s", path)
     return path
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
+
+from archer.files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,8 @@ PLOTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl (none when absent; a line torn by a kill is skipped)."""
+    return read_jsonl(path)[0]
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

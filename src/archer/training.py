@@ -18,23 +18,23 @@ from typing import Any
 
 import yaml
 
+from archer import run_folder
+from archer.errors import UserError
+from archer.files import YAML_LOADER, atomic_write_json, atomic_write_text
 from archer.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
 SFT_DIR = "sft"  # the warm-started tiny model: the RL starting point and the KL reference
 SFT_RESULTS = "sft_results.json"
-TRAIN_RESULTS = "train_results.json"
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint-<step> folder (one holding trainer_state.json), or None."""
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
-    """Train as the recipe says; returns the summary also written to ``train_results.json``."""
+    """Train as the recipe says; returns the summary also written to ``train_results.json``.
+
+    ``resume``: continue the run in ``trainer.output_dir`` from its newest complete checkpoint (a complete run
+    trains nothing); False moves an existing folder aside first (archer.run_folder).
+    """
     from accelerate import PartialState
 
     state = PartialState()
@@ -44,50 +44,131 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
         torch.set_num_threads(recipe.model.cpu_threads)
     args = recipe.trainer
     out = Path(args.output_dir)
-    checkpoint = last_checkpoint(out) if resume else None
+    if state.is_main_process and not resume and (aside := run_folder.move_aside(out)) is not None:
+        logger.info("--no-resume: moved the previous run in %s to %s", out, aside)
+    state.wait_for_everyone()
+    point = run_folder.resume_point(out, args.max_steps, log=state.is_main_process)
+    if point.complete:
+        summary = _complete_run(recipe, out, point, state) if state.is_main_process else {}
+        state.wait_for_everyone()
+        return summary
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
-        (out / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+        if point.run_id is None:
+            run_folder.start_run(out)
+        _write_config(recipe, out, resuming=point.checkpoint is not None)
+    state.wait_for_everyone()
+    run_id = run_folder.read_run_id(out)
+    checkpoint = point.checkpoint.path if point.checkpoint else None
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
 
     started = time.perf_counter()
     model_path, sft_summary = _prepare_model(recipe, out, state)
     train_dataset = _train_dataset(recipe)
-    trainer = _build_trainer(recipe, model_path, train_dataset)
+    trainer = _build_trainer(recipe, model_path, train_dataset, run_id)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     state.wait_for_everyone()
 
     summary: dict[str, Any] = {}
     if state.is_main_process:
-        from archer.card import write_card
         from archer.plots import plot_run
 
         plot_run(out)
-        summary = {
-            "global_step": trainer.state.global_step,  # rollouts
+        runtime = {
             "optimizer_steps": trainer.optimizer_steps_taken(),
             "train_runtime_s": round(time.perf_counter() - started, 1),
             "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-            "objective": args.objective,
-            "model": recipe.model.name_or_path,
-            "dataset": recipe.data.dataset,
-            "compute": {"device": _device_name(), "processes": state.num_processes},
-            "versions": versions(),
-            **sft_summary,
         }
-        if recipe.model.is_tiny and recipe.data.heldout_examples:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            with local_model_context():  # loading and generate() alike: no ZeRO-3 collectives on one process
-                model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
-                summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
-        (out / TRAIN_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
-        write_card(out)
+        summary = _write_results(recipe, out, run_id, trainer.state.global_step, runtime, sft_summary, state)
     state.wait_for_everyone()
     return summary
+
+
+def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state) -> dict[str, Any]:
+    """train_results.json (with the held-out score of the final model for tiny recipes), then the model card."""
+    from archer.card import write_card
+
+    summary = {
+        "run_id": run_id,
+        "global_step": global_step,  # rollouts
+        **runtime,
+        "objective": recipe.trainer.objective,
+        "model": recipe.model.name_or_path,
+        "dataset": recipe.data.dataset,
+        "compute": {"device": _device_name(), "processes": state.num_processes},
+        "versions": versions(),
+        **sft_summary,
+    }
+    if recipe.model.is_tiny and recipe.data.heldout_examples:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with local_model_context():  # loading and generate() alike: no ZeRO-3 collectives on one process
+            model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
+            summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
+    atomic_write_json(out / run_folder.TRAIN_RESULTS, summary)
+    write_card(out)
+    return summary
+
+
+def _complete_run(recipe: Recipe, out: Path, point: run_folder.ResumePoint, state) -> dict[str, Any]:
+    """A run that reached max_steps: train nothing, write only the end-of-run products a kill left missing."""
+    from archer.card import write_card
+
+    written = []
+    summary = point.results
+    if summary is None:  # killed after the last checkpoint, before train_results.json: redo what follows it
+        if not run_folder.model_is_complete(out):
+            if point.checkpoint is None:
+                raise UserError(f"{out}: the final model is missing or torn and no checkpoint holds it: --no-resume")
+            restored = run_folder.restore_model(point.checkpoint.path, out)
+            written.append(f"{', '.join(restored)} (from {point.checkpoint.path.name})")
+        if not any((out / "plots").glob("*.png")):
+            from archer.plots import plot_run
+
+            plot_run(out)
+            written.append("plots")
+        summary = _write_results(recipe, out, point.run_id, point.step, {}, _sft_summary(out), state)
+        written += [run_folder.TRAIN_RESULTS, "README.md"]
+    elif not (out / "README.md").is_file():
+        write_card(out)
+        written.append("README.md")
+    changed = _config_changes(out, recipe)
+    logger.info(
+        "%s: run complete (step %d, max_steps %d): nothing to train; %s%s",
+        out,
+        point.step,
+        recipe.trainer.max_steps,
+        f"wrote the missing {', '.join(written)}" if written else "nothing rewritten",
+        f"; note: the recipe differs from its config.yaml ({', '.join(changed)}): --no-resume starts a new run"
+        if changed
+        else "",
+    )
+    return {**summary, "already_complete": True}
+
+
+def _write_config(recipe: Recipe, out: Path, resuming: bool) -> None:
+    """recipe.yaml (as given) and config.yaml (resolved); on resume, say which values changed since."""
+    if resuming and (changed := _config_changes(out, recipe)):
+        logger.warning("resuming with changed settings: %s", ", ".join(changed))
+    atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.raw, sort_keys=False))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
+
+
+def _config_changes(out: Path, recipe: Recipe, limit: int = 5) -> list[str]:
+    """``block.key`` of the resolved values that differ from the run's config.yaml (at most ``limit``)."""
+    try:
+        old = yaml.load((out / "config.yaml").read_text(), Loader=YAML_LOADER) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    new = yaml.load(yaml.safe_dump(recipe.resolved()), Loader=YAML_LOADER)  # same types as the stored copy
+    changed = [
+        f"{block}.{key}"
+        for block in sorted(set(old) | set(new))
+        for key in sorted(set(old.get(block) or {}) | set(new.get(block) or {}))
+        if (old.get(block) or {}).get(key) != (new.get(block) or {}).get(key) and key != "output_dir"
+    ]
+    return changed[:limit] + ([f"{len(changed) - limit} more"] if len(changed) > limit else [])
 
 
 @contextlib.contextmanager
@@ -117,7 +198,12 @@ def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any
         if state.is_main_process and not (sft_dir / SFT_RESULTS).exists():
             with local_model_context():
                 _warm_start(recipe, sft_dir)
-    return str(sft_dir), json.loads((sft_dir / SFT_RESULTS).read_text())
+    return str(sft_dir), _sft_summary(out)
+
+
+def _sft_summary(out: Path) -> dict[str, Any]:
+    path = out / SFT_DIR / SFT_RESULTS
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _warm_start(recipe: Recipe, sft_dir: Path) -> None:
@@ -131,7 +217,7 @@ def _warm_start(recipe: Recipe, sft_dir: Path) -> None:
     summary = {"sft": stats}
     if recipe.data.heldout_examples:
         summary.update(_heldout(recipe, model, tokenizer, "before"))
-    (sft_dir / SFT_RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(sft_dir / SFT_RESULTS, summary)  # last: its presence means the warm start is complete
 
 
 def _task(recipe: Recipe):
@@ -169,11 +255,11 @@ def reward_funcs(recipe: Recipe, tokenizer: Any = None) -> list:
     return funcs
 
 
-def _build_trainer(recipe: Recipe, model_path: str, train_dataset):
+def _build_trainer(recipe: Recipe, model_path: str, train_dataset, run_id: str):
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from archer.callbacks import ConciseProgressCallback, MetricsFileCallback
+    from archer.callbacks import ConciseProgressCallback, MetricsFileCallback, RunIdCallback
     from archer.trainer import ArcherTrainer
 
     args = recipe.trainer
@@ -195,7 +281,7 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    callbacks = [MetricsFileCallback(args.output_dir)]
+    callbacks = [MetricsFileCallback(args.output_dir), RunIdCallback(run_id)]
     if args.push_checkpoints:
         from archer.hub import CheckpointPusher
 

@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="check the recipe, print the plan, train nothing")
     parser.add_argument(
-        "--no-resume", action="store_true", help="ignore checkpoints in the output folder (default: resume)"
+        "--no-resume",
+        action="store_true",
+        help="start a new run: an existing output folder is moved aside to <folder>.old-<n> (default: resume it)",
     )
     parser.add_argument(
         "--num-processes", type=int, default=None, help="processes to plan for in --dry-run (default: this launch)"
@@ -69,7 +71,11 @@ def format_summary(summary: dict, output_dir: str) -> str:
     if summary.get("optimizer_steps") is not None:
         steps += f", optimizer steps: {summary['optimizer_steps']}"
     lines = [f"run folder: {output_dir}", steps]
-    lines.append(f"wall time: {summary['train_runtime_s'] / 60:.1f} min (RL {summary['rl_runtime_s'] / 60:.1f} min)")
+    if summary.get("already_complete"):
+        lines.append("already complete: nothing trained (start a new run with --no-resume)")
+    elif "train_runtime_s" in summary:
+        wall, rl = summary["train_runtime_s"], summary.get("rl_runtime_s", 0.0)
+        lines.append(f"wall time: {wall / 60:.1f} min (RL {rl / 60:.1f} min)")
     before, after = summary.get("heldout_accuracy_before"), summary.get("heldout_accuracy_after")
     if before is not None and after is not None:
         lines.append(

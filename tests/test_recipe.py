@@ -96,6 +96,8 @@ def test_command_line_overrides(tmp_path):
         (lambda r: r["trainer"].update(max_steps=0), r"trainer.max_steps=0: must be >= 1"),
         (lambda r: r["trainer"].pop("max_steps"), "trainer.max_steps: not set"),
         (lambda r: r["trainer"].update(temperature=0), "trainer.temperature=0.0: must be > 0"),
+        (lambda r: r["data"].update(rewards=["maths"]), "data.rewards: unknown reward 'maths'; valid: "),
+        (lambda r: r["data"].update(loader="deepscale"), "data.loader: unknown loader 'deepscale'; valid: "),
         # TRL's own ValueErrors, one line
         (
             lambda r: r["trainer"].update(generation_batch_size=16, steps_per_generation=2),

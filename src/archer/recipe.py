@@ -272,8 +272,19 @@ def check_model_source(recipe: Recipe) -> None:
 
 
 def check_data_source(recipe: Recipe) -> None:
-    """Built-in task settings build and keep training draws off the held-out set; local data paths exist."""
+    """Rewards and loader exist; built-in task settings build and keep training draws off the held-out set; local
+    data paths exist."""
+    from archer.data.hub import LOADERS, PREPARED
+    from archer.rewards import REWARD_FUNCS
+
     path, data = recipe.path, recipe.data
+    for name in data.rewards:
+        if name not in REWARD_FUNCS:
+            raise UserError(f"{path}: data.rewards: unknown reward {short(name)}; valid: {', '.join(REWARD_FUNCS)}")
+    if data.loader is not None and data.loader not in (*LOADERS, PREPARED):
+        raise UserError(
+            f"{path}: data.loader: unknown loader {short(data.loader)}; valid: {', '.join((*LOADERS, PREPARED))}"
+        )
     if data.is_builtin:
         _check_builtin_task(data, path)
     elif _looks_local(data.dataset) and not Path(data.dataset).expanduser().exists():

@@ -48,6 +48,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
         logger.info("--no-resume: moved the previous run in %s to %s", out, aside)
     state.wait_for_everyone()
     point = run_folder.resume_point(out, args.max_steps, log=state.is_main_process)
+    state.wait_for_everyone()  # every process has decided before the main one writes
     if point.complete:
         summary = _complete_run(recipe, out, point, state) if state.is_main_process else {}
         state.wait_for_everyone()
@@ -59,7 +60,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     state.wait_for_everyone()
     run_id = run_folder.read_run_id(out)
     checkpoint = point.checkpoint.path if point.checkpoint else None
-    if checkpoint is not None:
+    if checkpoint is not None and state.is_main_process:
         logger.info("resuming from %s", checkpoint)
 
     started = time.perf_counter()

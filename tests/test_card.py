@@ -28,9 +28,9 @@ def make_run(run_dir: Path, *, finished: bool = True, base_model: str | None = N
     plots).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     (run_dir / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
     if not finished:
+        (run_dir / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
         return run_dir
     config = yaml.safe_load((FIXTURE / "config.yaml").read_text())
     if base_model is not None:

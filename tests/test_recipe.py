@@ -101,7 +101,7 @@ def test_command_line_overrides(tmp_path):
         # TRL's own ValueErrors, one line
         (
             lambda r: r["trainer"].update(generation_batch_size=16, steps_per_generation=2),
-            "trainer: 'generation_batch_size' and 'steps_per_generation' can not be both configured",
+            "trainer: set generation_batch_size or steps_per_generation, not both",
         ),
         (lambda r: r["trainer"].update(auto_find_batch_size=True), "trainer: auto_find_batch_size is not supported"),
         # `X | None` fields are type-checked like the others

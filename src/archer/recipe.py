@@ -391,7 +391,9 @@ def build_dataclass(
     try:
         return cls(**values)
     except (ValueError, TypeError, ArithmeticError, UserError) as err:
-        raise UserError(f"{path}: {where}: {one_line(err)}") from None
+        message = one_line(err)
+        named = message if message.startswith(f"{where}: ") else f"{where}: {message}"  # batch errors name it
+        raise UserError(f"{path}: {named}") from None
 
 
 def _coerce(value: Any, hint: Any) -> Any:

@@ -1,18 +1,27 @@
-"""Trainer step: Archer (and our DAPO preset) against TRL's stock GRPOTrainer with the same settings.
+"""Trainer step: Archer (and our DAPO preset) against TRL's stock GRPOTrainer, and the objective's share of it.
 
 One optimizer step = sample a rollout with transformers' generate, score it, forward + backward, AdamW step.
 All trainers start from the same weights and train at learning rate 0 (AdamW still does all its work), and the
 RNG is re-seeded before every step, so each trainer samples exactly the same completions: the timings differ only
 by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after warm-up.
+
+The objective's share: one more Archer step records the ``compute_objective`` calls the trainer makes; after each
+round of steps those calls are replayed (forward with metrics, then backward to the log-probs) and timed, and the
+median replay time is divided by the median Archer step.
+
+    .venv/bin/python bench/bench_trainer.py [--quick]
 """
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import torch
 
@@ -107,13 +116,42 @@ def _step(trainer, batch, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def objective_calls(trainer, batch, seed: int) -> list[dict[str, Any]]:
+    """The arguments (by name) of each ``compute_objective`` call that one training step of an ArcherTrainer makes."""
+    import archer.trainer
+    from archer.objective import compute_objective
+
+    with mock.patch.object(archer.trainer, "compute_objective", wraps=compute_objective) as spy:
+        _step(trainer, batch, seed)
+    signature = inspect.signature(compute_objective)
+    return [dict(signature.bind(*call.args, **call.kwargs).arguments) for call in spy.call_args_list]
+
+
+def objective_seconds(calls: list[dict[str, Any]], repeats: int) -> float:
+    """Median wall time of replaying ``calls``: compute_objective (with its metrics) and the backward of its loss."""
+    from archer.objective import compute_objective
+
+    def replay() -> float:
+        start = time.perf_counter()
+        for args in calls:
+            logps = args["logps"].detach().requires_grad_()
+            compute_objective(**{**args, "logps": logps}).loss.backward()
+            if logps.is_cuda:
+                torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    replay()  # warm-up
+    return statistics.median(replay() for _ in range(repeats))
+
+
 def run(quick: bool = False) -> list[dict]:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     rows = []
     models = dict(list(MODELS.items())[:1]) if quick else MODELS
-    repeats, warmup = (2, 1) if quick else (5, 1)
+    repeats, warmup = (2, 1) if quick else (7, 1)
+    replays = 5  # objective replays per repeat
     for label, shape in models.items():
         big = shape[0] > 64
         batch, completion_len = (16, 32) if big else (64, 40)
@@ -121,12 +159,15 @@ def run(quick: bool = False) -> list[dict]:
             tmp = Path(tmp)
             n_params = _build(tmp / "model", shape, max_positions=128)
             trainers = _trainers(tmp / "model", tmp / "runs", batch, completion_len)
-            times: dict[str, list[float]] = {name: [] for name in trainers}
+            times: dict[str, list[float]] = {name: [] for name in [*trainers, "objective"]}
+            calls = objective_calls(*trainers["archer"], seed=0)  # an extra, untimed step
             for rep in range(warmup + repeats):
                 for name, (trainer, prompts) in trainers.items():
                     elapsed = _step(trainer, prompts, seed=rep)
                     if rep >= warmup:
                         times[name].append(elapsed)
+                if rep >= warmup:  # interleaved with the steps, like them
+                    times["objective"].append(objective_seconds(calls, replays))
         med = {name: statistics.median(values) for name, values in times.items()}
         shape_note = (
             f"{n_params / 1e6:.2f}M params, {batch} completions x {completion_len} tokens, median of {repeats}"
@@ -146,6 +187,18 @@ def run(quick: bool = False) -> list[dict]:
                     "note": shape_note,
                 }
             )
+        share = med["objective"] / med["archer"]
+        rows.append(
+            {
+                "figure": f"objective's share of an Archer trainer step, {label}",
+                "ours": f"{med['objective'] * 1e3:.2f} ms",
+                "reference": f"{med['archer']:.3f} s",
+                "ratio": share,
+                "target": "< 0.05",
+                "note": f"share {share:.3%}: compute_objective fwd (with metrics) + bwd, the step's {len(calls)} "
+                f"call(s) replayed ({replays} times after each repeat) / Archer step; {shape_note}",
+            }
+        )
     return rows
 
 

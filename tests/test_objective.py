@@ -3,9 +3,7 @@
 Ratios are set through old_logps = 0 and logps = log r; KL terms through ref_logps = logps + d.
 """
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -454,22 +452,6 @@ def test_without_gradient_the_loss_and_metrics_are_the_same():
     assert not out.loss.requires_grad
     assert out.loss.item() == pytest.approx(with_grad.loss.item())
     assert out.metrics == with_grad.metrics
-
-
-@pytest.mark.slow  # spawns two interpreters for the memory rows
-def test_bench_quick_rows_follow_the_contract():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_objective.py"
-    spec = importlib.util.spec_from_file_location("bench_objective", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.run(quick=True)
-    assert len(rows) == 4
-    for row in rows:
-        assert set(row) == {"figure", "ours", "reference", "ratio", "target", "note"}
-        assert isinstance(row["figure"], str) and isinstance(row["ours"], str) and isinstance(row["reference"], str)
-        assert isinstance(row["ratio"], float) and row["ratio"] > 0
-        assert row["target"] is None or isinstance(row["target"], str)
-        assert isinstance(row["note"], str)
 
 
 @pytest.mark.parametrize(("rows", "length"), [(0, 5), (3, 0)])

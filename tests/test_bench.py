@@ -1,0 +1,44 @@
+"""bench/bench_ops.py honours the bench contract (rows of figure / ours / reference / ratio / target / note), and
+bench/bench_trainer.py records and replays the objective calls of an Archer step (its share of the step)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _quick_rows(name: str) -> list[dict]:
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.run(quick=True)
+    for row in rows:
+        assert set(row) == {"figure", "ours", "reference", "ratio", "target", "note"}
+        assert isinstance(row["figure"], str) and isinstance(row["ours"], str) and isinstance(row["reference"], str)
+        assert isinstance(row["ratio"], float) and row["ratio"] > 0
+        assert row["target"] is None or isinstance(row["target"], str)
+        assert isinstance(row["note"], str)
+    return rows
+
+
+@pytest.mark.slow  # spawns two interpreters
+def test_ops_bench_rows():
+    (row,) = _quick_rows("bench_ops")
+    assert row["ours"].endswith("MiB") and row["reference"].endswith("MiB")
+
+
+@pytest.mark.slow  # builds a tiny Archer trainer and runs one step
+def test_trainer_bench_records_and_replays_the_objective_calls_of_a_step(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_trainer", BENCH / "bench_trainer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench._build(tmp_path / "model", bench.MODELS["tiny (embedded default, 0.13M)"], max_positions=64)
+    trainers = bench._trainers(tmp_path / "model", tmp_path / "runs", batch=8, completion_len=12, names=["archer"])
+    calls = bench.objective_calls(*trainers["archer"], seed=0)
+    assert len(calls) == 1  # one micro-batch per step
+    args = calls[0]
+    assert args["logps"].shape == args["ref_logps"].shape == args["mask"].shape and args["logps"].shape[0] == 8
+    assert args["old_logps"] is None and args["cfg"].entropy_quantile == 0.8  # one step per rollout; archer preset
+    assert bench.objective_seconds(calls, repeats=2) > 0

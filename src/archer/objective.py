@@ -288,7 +288,7 @@ def _metrics(valid, reasoning, knowledge, entropy, tau, ratio, lower, upper, adv
     """The metrics of ``compute_objective``: means over boolean masks, moved to the host in one transfer."""
 
     def mean(x: Tensor, where: Tensor) -> Tensor:  # mean of x over where's entries; 0 when there are none
-        return torch.where(where, x.to(ratio.dtype), 0.0).sum() / where.sum().clamp(min=1)
+        return torch.where(where, x, 0).sum().to(ratio.dtype) / where.sum().clamp(min=1)
 
     clip_low = (adv < 0) & (ratio < lower)
     clip_high = (adv > 0) & (ratio > upper)

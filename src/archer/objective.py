@@ -249,18 +249,20 @@ def compute_objective(
         d = torch.clamp(ref_logps.detach().to(dtype) - logp, -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
         kl = torch.clamp(torch.expm1(d) - d, -KL_BOUND, KL_BOUND)
 
-    # 8-9. L_i = sum_t pg_t / |o_i| + sum_class beta_class * sum_{t in class} k_t / n_class,i, loss = mean_i L_i.
+    # 8. L_i = mean_t pg_t + beta_k mean_{t in knowledge} k_t + beta_r mean_{t in reasoning} k_t (an empty class
+    #    adds 0). 9. loss = mean of L_i over the responses (all-zero rows are none).
+    #    Each mean is a sum over the tokens divided by a count: the variants change only the divisors.
     n_tokens = valid.sum(-1).to(dtype)  # |o_i|
-    responses = (n_tokens > 0).sum().clamp(min=1)  # all-zero rows are not responses
+    responses = (n_tokens > 0).sum().clamp(min=1)
 
     def aggregate(x: Tensor, members: Tensor, divisor: Tensor) -> Tensor:
-        """sum_{t in members} x_t / divisor_i, averaged over responses; under token-mean, one pooled quotient."""
+        """Steps 8-9: mean_i sum_{t in members} x_t / divisor_i; under token-mean, one pooled sum / pooled divisor."""
         total = torch.where(members, x, 0.0)
         if cfg.aggregation == "token-mean":
             return total.sum() / divisor.sum().clamp(min=1)
         return (total.sum(-1) / divisor.clamp(min=1)).sum() / responses
 
-    # seq-mean-token-sum-norm divides by a fixed length instead of |o_i|; token-mean by the pooled count of tokens.
+    # seq-mean-token-sum-norm divides the policy term by a fixed length instead of |o_i|.
     sum_norm = cfg.aggregation == "seq-mean-token-sum-norm"
     pg_divisor = torch.full_like(n_tokens, cfg.max_completion_length) if sum_norm else n_tokens
     pg_loss = aggregate(pg, reasoning if cfg.pg_on_reasoning_only else valid, pg_divisor)

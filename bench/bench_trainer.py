@@ -3,7 +3,9 @@
 One optimizer step = sample a rollout with transformers' generate, score it, forward + backward, AdamW step.
 All trainers start from the same weights and train at learning rate 0 (AdamW still does all its work), and the
 RNG is re-seeded before every step, so each trainer samples exactly the same completions: the timings differ only
-by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after warm-up.
+by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after warm-up, of
+wall time (the ratio column) and of the process's CPU time (in the note: on a busy shared machine it moves less).
+Torch runs one intra-op thread here, so that thread synchronisation on a busy machine does not add noise.
 
 The objective's share: one more Archer step records the ``compute_objective`` calls the trainer makes; after each
 round of steps those calls are replayed (forward with metrics, then backward to the log-probs) and timed, and the
@@ -145,6 +147,15 @@ def objective_seconds(calls: list[dict[str, Any]], repeats: int) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _rows(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rows(quick: bool) -> list[dict]:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -160,15 +171,19 @@ def run(quick: bool = False) -> list[dict]:
             n_params = _build(tmp / "model", shape, max_positions=128)
             trainers = _trainers(tmp / "model", tmp / "runs", batch, completion_len)
             times: dict[str, list[float]] = {name: [] for name in [*trainers, "objective"]}
+            cpu_times: dict[str, list[float]] = {name: [] for name in trainers}
             calls = objective_calls(*trainers["archer"], seed=0)  # an extra, untimed step
             for rep in range(warmup + repeats):
                 for name, (trainer, prompts) in trainers.items():
+                    cpu_start = time.process_time()
                     elapsed = _step(trainer, prompts, seed=rep)
                     if rep >= warmup:
                         times[name].append(elapsed)
+                        cpu_times[name].append(time.process_time() - cpu_start)
                 if rep >= warmup:  # interleaved with the steps, like them
                     times["objective"].append(objective_seconds(calls, replays))
         med = {name: statistics.median(values) for name, values in times.items()}
+        cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
         shape_note = (
             f"{n_params / 1e6:.2f}M params, {batch} completions x {completion_len} tokens, median of {repeats}"
         )
@@ -184,7 +199,7 @@ def run(quick: bool = False) -> list[dict]:
                     "reference": f"{med[ref]:.3f} s",
                     "ratio": med[ours] / med[ref],
                     "target": target,
-                    "note": shape_note,
+                    "note": f"{shape_note}; CPU-time ratio {cpu[ours] / cpu[ref]:.2f}",
                 }
             )
         share = med["objective"] / med["archer"]

@@ -35,7 +35,7 @@ def test_trainer_bench_records_and_replays_the_objective_calls_of_a_step(tmp_pat
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench._build(tmp_path / "model", bench.MODELS["tiny (embedded default, 0.13M)"], max_positions=64)
-    trainers = bench._trainers(tmp_path / "model", tmp_path / "runs", batch=8, completion_len=12, names=["archer"])
+    trainers = bench._trainers(tmp_path / "model", tmp_path / "runs", batch=8, completion_len=12, names=("archer",))
     calls = bench.objective_calls(*trainers["archer"], seed=0)
     assert len(calls) == 1  # one micro-batch per step
     args = calls[0]

@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     print(table)
     today = dt.date.today().isoformat()
+    flags = " ".join((["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []))
     report = (
-        f"# Benchmarks, {today}\n\nMachine: {machine()}\n\nCommand: `make bench`"
-        f"{' (--quick)' if args.quick else ''}; total {time.perf_counter() - started:.0f} s. "
+        f"# Benchmarks, {today}\n\nMachine: {machine()}\n\nCommand: `make bench"
+        f"{f' ARGS={flags!r}' if flags else ''}`; total {time.perf_counter() - started:.0f} s. "
         "Ratios are ours / reference, measured interleaved in this run (lower is faster / smaller).\n\n"
         f"{table}\n"
     )

@@ -85,9 +85,11 @@ def _trainers(
     dataset = ArithmeticTask().dataset(256, seed=3)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     specs = {
-        "archer": (ArcherTrainer, ArcherConfig, dict(objective="archer")),
+        # every row in every step, as the stock trainers do (an untrained model's all-uniform rollout would
+        # otherwise make no update at all, and the ratio would time nothing)
+        "archer": (ArcherTrainer, ArcherConfig, dict(objective="archer", drop_uniform_groups=False)),
         "stock GRPO (beta 0.001)": (GRPOTrainer, GRPOConfig, dict(loss_type="grpo", beta=0.001, epsilon=0.2)),
-        "archer dapo preset": (ArcherTrainer, ArcherConfig, dict(objective="dapo")),
+        "archer dapo preset": (ArcherTrainer, ArcherConfig, dict(objective="dapo", drop_uniform_groups=False)),
         "stock DAPO": (GRPOTrainer, GRPOConfig, dict(loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28)),
     }
     trainers = {}

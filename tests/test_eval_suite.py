@@ -110,3 +110,14 @@ def test_eval_bad_files_are_one_line_exit_2_nothing_written(tmp_path, capsys, su
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not out.exists() and sorted(p.name for p in model.iterdir()) == ["config.json"]
+
+
+def test_packaged_suites_by_name_and_the_default_task_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found from any working directory
+    assert load_suite("paper", KNOWN).path == (SUITES / "paper.yaml").resolve()
+    # a suite without `module:` uses the packaged task module, wherever the suite file lives
+    own = tmp_path / "mine.yaml"
+    own.write_text("tasks: [arithmetic]\n")
+    assert load_suite(own, KNOWN).module == (SUITES.parent / "archer_tasks.py").resolve()
+    with pytest.raises(UserError, match=r"suite file papr does not exist \(packaged suites, given by name: paper, "):
+        load_suite("papr", KNOWN)

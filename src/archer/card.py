@@ -22,10 +22,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 import archer
 from archer.errors import UserError
 from archer.files import atomic_write_text, parse_yaml, read_text_file
+from archer.resources import model_card_template
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "archer_model_card.md"
+TEMPLATE = model_card_template()
 PAPER_URL = "https://arxiv.org/abs/2507.15778"
 TAGS = ["archer", "rlvr", "grpo", "trl", "reasoning", "reinforcement-learning"]
 TINY_MODEL = "tiny"  # recipe.TINY: the embedded model built by archer.tiny
@@ -446,7 +447,7 @@ def render_card(
     base = read_eval_results(base_results) if base_results is not None else found_base
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():
-        raise UserError(f"model card template {template} not found (pass --template or reinstall from a checkout)")
+        raise UserError(f"model card template {template} not found (pass --template FILE)")
     data = card_data(run, repo_id, own)
     context = build_context(run, repo_id, own, base)
     card = ModelCard.from_template(data, template_path=str(template), **context)

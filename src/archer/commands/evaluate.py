@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run folder, model folder or Hub id (default: the newest run folder under outputs/)",
     )
-    parser.add_argument("--suite", default="eval/suites/tiny.yaml", help="suite YAML (default: %(default)s)")
+    parser.add_argument(
+        "--suite",
+        default="tiny",
+        help="suite YAML, or a packaged suite's name: paper, quick, tiny (default: %(default)s)",
+    )
     parser.add_argument(
         "--backend",
         default="auto",

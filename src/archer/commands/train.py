@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-DEFAULT_RECIPE = "recipes/tiny/archer.yaml"
+DEFAULT_RECIPE = "tiny/archer"  # the packaged recipes/tiny/archer.yaml: the embedded default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"YAML recipe (default: {DEFAULT_RECIPE})")
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        default=DEFAULT_RECIPE,
+        help=f"YAML recipe, or a packaged recipe's name below recipes/, e.g. tiny/smoke (default: {DEFAULT_RECIPE})",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="block.key=value", help="override recipe values, e.g. trainer.max_steps=20"
     )
@@ -32,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from archer.resources import resolve_yaml
+
+    args.recipe = resolve_yaml(args.recipe, "recipes")
     if args.dry_run:
         from archer.plan import describe, load_recipe_for_plan
 

@@ -51,7 +51,7 @@ class ModelRef:
 @dataclass(frozen=True)
 class EvalRequest:
     model: str | None = field(default=None, metadata={"help": "run folder, model folder or Hub id; None: newest run"})
-    suite: str = field(default="eval/suites/tiny.yaml", metadata={"help": "suite YAML"})
+    suite: str = field(default="tiny", metadata={"help": "suite YAML or a packaged suite's name (paper, quick, tiny)"})
     backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run folder goes (default: see docs)"})
     limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})

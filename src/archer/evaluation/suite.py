@@ -9,6 +9,7 @@ from typing import Any
 
 from archer.errors import UserError
 from archer.files import read_yaml_file
+from archer.resources import asset, packaged_names, resolve_yaml, tasks_module
 
 TASK_PREFIX = "archer:"
 PROMPT_STYLES = ("chat", "raw")
@@ -44,6 +45,7 @@ PROTOCOL_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "code_memory_mb": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
 }
 PER_DATASET_KEYS = ("data", "revision")  # name one task's data: never in ``defaults``
+SUITES = ("eval", "suites")  # where the packaged suites live (archer.resources)
 SUITE_KEYS = {"name", "description", "module", "seed", "defaults", "tasks", "averages"}
 
 
@@ -84,7 +86,9 @@ class TaskSpec:
 class Suite:
     name: str
     path: Path
-    module: Path = field(metadata={"help": "the lighteval task module the tasks come from"})
+    module: Path = field(
+        metadata={"help": "the lighteval task module the tasks come from (default: the packaged archer_tasks.py)"}
+    )
     seed: int
     tasks: tuple[TaskSpec, ...]
     description: str = ""
@@ -107,10 +111,12 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> Suite:
-    """Parse and validate a suite YAML; every mistake is a one-line ``UserError`` naming the file and key."""
-    path = Path(path)
+    """Parse and validate a suite YAML, given as a file or by the name of a packaged suite (``paper``, ``tiny``...);
+    every mistake is a one-line ``UserError`` naming the file and key."""
+    path = resolve_yaml(path, *SUITES)
     if not path.is_file():
-        raise UserError(f"suite file {path} does not exist")
+        names = ", ".join(packaged_names(asset(*SUITES)))
+        raise UserError(f"suite file {path} does not exist (packaged suites, given by name: {names})")
     raw = _mapping(str(path), read_yaml_file(path, "suite file"))
     if unknown := sorted(set(raw) - SUITE_KEYS):
         raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
@@ -159,8 +165,8 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
     seed = raw.get("seed", 1234)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"{path}: seed: expected a non-negative integer, got {seed!r}")
-    module = raw.get("module", "../archer_tasks.py")
-    if not isinstance(module, str):
+    module = raw.get("module")
+    if module is not None and not isinstance(module, str):
         raise UserError(f"{path}: module: expected a path to a lighteval task module, got {module!r}")
     name = raw.get("name", path.stem)
     if not isinstance(name, str):
@@ -168,7 +174,7 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
     return Suite(
         name=name,
         path=path,
-        module=(path.parent / module).resolve(),
+        module=tasks_module() if module is None else (path.parent / module).resolve(),
         seed=seed,
         tasks=tuple(tasks),
         description=str(raw.get("description", "")),

@@ -25,8 +25,11 @@ def avg_at_k(scores: Sequence[float]) -> float:
     return sum(scores) / len(scores)
 
 
-def aggregate(scores_per_problem: Sequence[Sequence[float]], pass_ks: Sequence[int] = ()) -> dict[str, float]:
-    """Task-level metrics in percent: ``avg@n`` and unbiased ``pass@j`` for n and every j in ``pass_ks``.
+def aggregate(
+    scores_per_problem: Sequence[Sequence[float]], pass_ks: Sequence[int] = (), scale: float = 100.0
+) -> dict[str, float]:
+    """Task-level metrics in percent (``scale=1``: fractions): ``avg@n`` and unbiased ``pass@j`` for n and every j
+    in ``pass_ks``.
 
     Every problem must carry the same number n of samples. A sample counts as correct for pass@j only when
     its score is 1 (a partial score never passes).
@@ -43,4 +46,4 @@ def aggregate(scores_per_problem: Sequence[Sequence[float]], pass_ks: Sequence[i
         totals[f"avg@{n}"] += avg_at_k(scores)
         for j in ks:
             totals[f"pass@{j}"] += pass_at_k(n, correct, j)
-    return {name: 100.0 * total / len(scores_per_problem) for name, total in totals.items()}
+    return {name: scale * total / len(scores_per_problem) for name, total in totals.items()}

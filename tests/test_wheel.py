@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -40,16 +39,19 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env |= {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(source)], tmp, env)
+    build = ["wheel", "--no-deps", "--no-build-isolation", "--check-build-dependencies", "-w", str(tmp / "dist")]
+    run([*pip, *build, str(source)], tmp, env)
     (wheel,) = (tmp / "dist").glob("archer_rlvr-*.whl")
     venv = tmp / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, env)
     python = venv / "bin" / "python"
     run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], tmp, env)
     # After the install (pip would otherwise see the shared venv's editable archer-rlvr as installed): the
-    # dependencies come from the shared venv, whose own .pth files (the editable checkout) are not processed.
-    purelib = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env))
-    (Path(purelib.as_posix().strip()) / "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # dependencies come from this interpreter's site folders, whose own .pth files (the editable checkout) a path
+    # listed in a .pth file does not run.
+    purelib = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env).strip()
+    site_dirs = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (Path(purelib) / "shared-deps.pth").write_text("".join(f"{p}\n" for p in site_dirs))
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return venv, env, wheel
 

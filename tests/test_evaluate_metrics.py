@@ -76,6 +76,8 @@ def test_math_metric_rejects_what_it_cannot_score(load):
         metric.compute(predictions=[["\\boxed{1}"], ["\\boxed{1}", "\\boxed{2}"]], references=["1", "1"])
     with pytest.raises(ValueError, match="pass_k: 3"):
         metric.compute(predictions=[["\\boxed{1}", "x"]], references=["1"], pass_k=[3])
+    with pytest.raises(ValueError, match="unknown keyword 'timeout'; valid: pass_k, "):  # grading options only
+        metric.compute(predictions=[["\\boxed{1}"]], references=["1"], timeout=3)
     with pytest.raises(ValueError):  # one string per problem instead of a list of completions
         metric.compute(predictions=["\\boxed{1}"], references=["1"])
 
@@ -95,7 +97,7 @@ def test_code_metric_runs_every_test_in_the_sandbox(load):
     leak = "```python\nimport socket\nsocket.create_connection(('1.1.1.1', 53))\nprint(5)\n```"
     predictions = [[adds, first_only, leak], [total, "<think>```python\nx\n```", "no code at all"]]
     references = [{"tests": stdin, "fn_name": ""}, {"tests": functional, "fn_name": "total"}]
-    out = metric.compute(predictions=predictions, references=references)
+    out = metric.compute(predictions=predictions, references=references, code_timeout_s=10, code_memory_mb=512)
     assert out["scores"] == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
     tests = [[json.loads(stdin)] * 3, [json.loads(functional)] * 3]
     names = [None, "total"]

@@ -3,8 +3,7 @@
 import datasets
 import evaluate
 
-from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, code_specs, score
-from archer.evaluation.grading import GradingOptions
+from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, code_specs, grading_options, score
 
 _DESCRIPTION = """\
 Scores k sampled completions per programming problem exactly as Archer's training reward and `archer eval` do:
@@ -25,8 +24,8 @@ Args:
         `{"inputs": [...], "outputs": [...]}`, or LiveCodeBench's compressed private tests); or a dict
         `{"tests": <that text>, "fn_name": <the method functional tests call; "" for stdin tests>}`.
     pass_k (`list` of `int`, optional): extra j <= k for which unbiased pass@j is reported too.
-    timeout_s (`float`, optional): wall-clock limit per test run (default: the code reward's).
-    memory_mb (`int`, optional): memory budget of one run (default: the code reward's).
+    code_timeout_s (`float`, optional): wall-clock limit per test run (default: the code reward's).
+    code_memory_mb (`int`, optional): memory budget of one run (default: the code reward's).
 Returns:
     avg@k (`float`): mean score over all completions of all problems (k is the number given per problem).
     pass@k (`float`): unbiased pass@k, averaged over problems; pass@j likewise for each j in `pass_k`.
@@ -67,6 +66,5 @@ class ArcherCode(evaluate.Metric):
             reference_urls=[PAPER_URL, "https://livecodebench.github.io/"],
         )
 
-    def _compute(self, predictions, references, pass_k=(), timeout_s=None, memory_mb=None):
-        options = GradingOptions(code_timeout_s=timeout_s, code_memory_mb=memory_mb)
-        return score(code_specs(references), predictions, options, pass_k)
+    def _compute(self, predictions, references, pass_k=(), **grading):
+        return score(code_specs(references), predictions, grading_options(**grading), pass_k)

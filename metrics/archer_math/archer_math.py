@@ -3,8 +3,7 @@
 import datasets
 import evaluate
 
-from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, math_specs, score
-from archer.evaluation.grading import GradingOptions
+from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, grading_options, math_specs, score
 
 _DESCRIPTION = """\
 Scores k sampled completions per math problem exactly as Archer's training reward and `archer eval` do: the
@@ -51,5 +50,5 @@ class ArcherMath(evaluate.Metric):
             reference_urls=[PAPER_URL, "https://github.com/huggingface/Math-Verify"],
         )
 
-    def _compute(self, predictions, references, pass_k=()):
-        return score(math_specs(references), predictions, GradingOptions(), pass_k)
+    def _compute(self, predictions, references, pass_k=(), **grading):
+        return score(math_specs(references), predictions, grading_options(**grading), pass_k)

@@ -10,6 +10,7 @@ sandbox with every test) and the unbiased pass@k of ``archer.evaluation.metrics`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from archer.evaluation.grading import GradingOptions, grade
@@ -58,6 +59,14 @@ def code_specs(references: Sequence[str | Mapping[str, Any]]) -> list[dict[str, 
             raise ValueError(f"references[{i}]: no tests")
         specs.append({"grader": "code", "tests": decoded, "fn_name": fn_name})
     return specs
+
+
+def grading_options(**kwargs: Any) -> GradingOptions:
+    """The metric's compute keywords beyond ``pass_k``: the fields of ``GradingOptions``, as ``archer eval`` grades."""
+    valid = [f.name for f in fields(GradingOptions)]
+    if unknown := sorted(set(kwargs) - set(valid)):
+        raise ValueError(f"unknown keyword {unknown[0]!r}; valid: pass_k, {', '.join(valid)}")
+    return GradingOptions(**kwargs)
 
 
 def score(

@@ -30,6 +30,13 @@ def offline_lighteval(monkeypatch):
         return datasets.DatasetDict({task.evaluation_split[0]: datasets.Dataset.from_list(rows)})
 
     monkeypatch.setattr(LightevalTask, "download_dataset_worker", staticmethod(local_rows))
+    # lighteval's transformers model turns autograd off for the whole process (at import and in __init__, which
+    # its pipeline module triggers): give it back to the tests that run after these
+    import torch
+
+    grad_enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(grad_enabled)
 
 
 def lighteval(*argv: str):

@@ -1,4 +1,5 @@
-"""Archer's benchmark tasks for lighteval: AIME24, AIME25, MATH-500, LiveCodeBench v5 / v6, tiny arithmetic.
+"""Archer's benchmark tasks for lighteval: AIME24/25, AMC23, MATH-500, Minerva, OlympiadBench, LiveCodeBench v5 / v6,
+tiny arithmetic.
 
 Prompts follow the R1-distill style (reason step by step; math answers in ``\\boxed{}``, code in a ```python
 block). Completions are graded by the project's own rewards (``archer.rewards``: Math-Verify for math, the
@@ -11,7 +12,10 @@ own API or an OpenAI-compatible server (``eval/README.md``), e.g.::
     make eval MODEL=outputs/<run> SUITE=eval/suites/paper.yaml ARGS="--base-url http://127.0.0.1:8000/v1"
 
 lighteval's own ``lighteval vllm ... --custom-tasks`` cannot run with the pinned set (lighteval 0.13's vLLM model
-accepts only vLLM 0.10.0-0.10.1 and calls APIs vLLM 0.30 removed), and ``archer:arithmetic`` is generated locally.
+accepts only vLLM 0.10.0-0.10.1 and calls APIs vLLM 0.30 removed); its transformers route can, with this module
+imported from the installed package: ``lighteval accelerate "model_name=<model>,..." "archer:aime24|0" --custom-tasks
+archer.tasks``. There each task reports ``avg@k`` and ``pass@k`` at its own k (below). ``archer:arithmetic`` is
+generated locally and runs only through ``archer eval``.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def test_math_metric_scores_like_the_training_reward(load):
     # evaluate's conventions: description, citation, inputs description, features, docstring
     assert type(metric).__name__ == "ArcherMath" and "Math-Verify" in metric.description
     assert "2507.15778" in metric.citation and "pass_k" in metric.inputs_description
-    assert set(metric.features) == {"predictions", "references"} and "avg@k" in type(metric).__doc__
+    assert [set(f) for f in metric.features] == [{"predictions", "references"}] * 2  # one gold, or accepted golds
+    assert "avg@k" in type(metric).__doc__
 
     predictions = [
         ["<think>4xy=100</think> so \\boxed{25}", "\\boxed{24}", "it is 25", "<think>\\boxed{7}</think>\\boxed{25}"],
@@ -68,6 +69,19 @@ def test_math_metric_scores_like_the_training_reward(load):
     assert out["k"] == 4 and out["avg@4"] == pytest.approx(5 / 12) and out["pass@1"] == pytest.approx(5 / 12)
     assert out["pass@2"] == pytest.approx((5 / 6 + 1) / 3) and out["pass@4"] == pytest.approx(2 / 3)
     run_examples(metric)
+
+
+def test_math_metric_reasoning_rule_and_accepted_answers(load):
+    """The paper's rule as a compute keyword (the prompt opened <think>: no </think>, no answer), and several
+    accepted answers per problem, both exactly as archer eval grades them."""
+    from archer.evaluation.grading import GradingOptions, grade
+
+    metric = load("archer_math")
+    predictions = [["x = 2 so \\boxed{2}", "reasoning...</think> \\boxed{-2}", "\\boxed{3}"]]
+    for close, expected in ((False, [1.0, 1.0, 0.0]), (True, [0.0, 1.0, 0.0])):
+        out = metric.compute(predictions=predictions, references=[["2", "-2"]], require_think_close=close)
+        spec = {"grader": "math", "gold": ["2", "-2"]}
+        assert out["scores"] == [expected] == [[s.score for s in grade(spec, predictions[0], GradingOptions(close))]]
 
 
 def test_math_metric_rejects_what_it_cannot_score(load):

@@ -24,7 +24,10 @@ Args:
         `{"inputs": [...], "outputs": [...]}`, or LiveCodeBench's compressed private tests); or a dict
         `{"tests": <that text>, "fn_name": <the method functional tests call; "" for stdin tests>}`.
     pass_k (`list` of `int`, optional): extra j <= k for which unbiased pass@j is reported too.
-    code_timeout_s (`float`, optional): wall-clock limit per test run (default: the code reward's).
+    require_think_close (`bool`, optional, default False): a completion without `</think>` scores 0 (set it when the
+        prompt opened the reasoning, as DeepSeek-R1-Distill's chat template does).
+    code_timeout_s (`float`, optional): wall-clock limit per test run (default: 6 s, LiveCodeBench's).
+    code_budget_s (`float`, optional): cap on the sum of one completion's test run times (default: none).
     code_memory_mb (`int`, optional): memory budget of one run (default: the code reward's).
 Returns:
     avg@k (`float`): mean score over all completions of all problems (k is the number given per problem).

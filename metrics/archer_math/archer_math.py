@@ -17,8 +17,12 @@ every completion's score and extracted answer. Values are fractions in [0, 1].
 _KWARGS_DESCRIPTION = r"""
 Args:
     predictions (`list` of `list` of `str`): the k completions of each problem (the same k for every problem).
-    references (`list` of `str`): each problem's gold answer, e.g. "\\frac{7}{8}" or "25".
+    references (`list` of `str`, or `list` of `list` of `str`): each problem's gold answer, e.g. "\\frac{7}{8}" or
+        "25"; or its accepted answers (any one scores 1, as OlympiadBench lists them).
     pass_k (`list` of `int`, optional): extra j <= k for which unbiased pass@j is reported too.
+    require_think_close (`bool`, optional, default False): a completion without `</think>` scores 0. Set it when
+        the prompt opened the reasoning (DeepSeek-R1-Distill's chat template ends with `<think>`), as the paper's
+        protocol and `archer eval`'s paper suite do: a completion cut off mid-thought then has no answer.
 Returns:
     avg@k (`float`): mean score over all completions of all problems (k is the number given per problem).
     pass@k (`float`): unbiased pass@k, averaged over problems; pass@j likewise for each j in `pass_k`.
@@ -36,6 +40,9 @@ Examples:
 """
 
 
+_PREDICTIONS = datasets.Sequence(datasets.Value("string"))
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ArcherMath(evaluate.Metric):
     def _info(self):
@@ -44,9 +51,12 @@ class ArcherMath(evaluate.Metric):
             description=_DESCRIPTION,
             citation=CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
-            ),
+            features=[
+                datasets.Features({"predictions": _PREDICTIONS, "references": datasets.Value("string")}),
+                datasets.Features(
+                    {"predictions": _PREDICTIONS, "references": datasets.Sequence(datasets.Value("string"))}
+                ),
+            ],
             reference_urls=[PAPER_URL, "https://github.com/huggingface/Math-Verify"],
         )
 

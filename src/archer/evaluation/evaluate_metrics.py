@@ -33,9 +33,10 @@ CITATION = """\
 """
 
 
-def math_specs(references: Sequence[str]) -> list[dict[str, Any]]:
-    """One math grading spec per problem from its gold answer (LaTeX or plain text, as Math-Verify reads it)."""
-    return [{"grader": "math", "gold": gold} for gold in references]
+def math_specs(references: Sequence[str | Sequence[str]]) -> list[dict[str, Any]]:
+    """One math grading spec per problem from its gold answer (LaTeX or plain text, as Math-Verify reads it), or
+    from its list of accepted answers (any one scores 1)."""
+    return [{"grader": "math", "gold": gold if isinstance(gold, str) else list(gold)} for gold in references]
 
 
 def code_specs(references: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -475,6 +475,7 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"counted in rollouts, warm-up {args.warmup_steps:g} rollouts, weight decay {args.weight_decay:g}, grad clip "
         f"{args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
+        f"grading: a completion without </think> {_think_close(data.require_think_close)}",
         f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
         f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
     ]
@@ -498,6 +499,12 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"run: max_steps {args.max_steps} rollouts (one Trainer step = one rollout), output {args.output_dir}"
     )
     return lines
+
+
+def _think_close(setting: bool | str) -> str:
+    if setting == "auto":
+        return "scores 0 if the model's chat template opens the reasoning (require_think_close: auto)"
+    return "scores 0 (require_think_close: true)" if setting else "is graded whole (require_think_close: false)"
 
 
 def _count(n: int) -> str:

@@ -31,12 +31,21 @@ def offline_lighteval(monkeypatch):
 
     monkeypatch.setattr(LightevalTask, "download_dataset_worker", staticmethod(local_rows))
     # lighteval's transformers model turns autograd off for the whole process (at import and in __init__, which
-    # its pipeline module triggers): give it back to the tests that run after these
+    # its pipeline module triggers), and importing lighteval.__main__ runs logging.config.dictConfig, which disables
+    # every logger that exists already (archer's among them): give both back to the tests that run after these
+    import logging
+
     import torch
 
     grad_enabled = torch.is_grad_enabled()
+    loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict]
+    states = [(logger, logger.disabled, logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
+    root = (logging.root.level, list(logging.root.handlers))
     yield
     torch.set_grad_enabled(grad_enabled)
+    for logger, disabled, level, propagate, handlers in states:
+        logger.disabled, logger.level, logger.propagate, logger.handlers = disabled, level, propagate, handlers
+    logging.root.level, logging.root.handlers = root
 
 
 def lighteval(*argv: str):

@@ -72,5 +72,6 @@ def test_cpu_form_runs_every_part_and_says_so(tmp_path):
     assert any("no DeepSpeed): Archer / stock GRPO" in r for r in ratios)
     assert any("DeepSpeed ZeRO-3, 1 process): Archer / stock GRPO" in r for r in ratios)
     assert any("compute_objective" in r for r in ratios)
+    assert any("the objective's share of an Archer trainer step" in r for r in ratios)
     assert "skipped" in parts["c"] and "vLLM is not importable" in parts["c"]
     assert "FAILED" not in text and "timed out" not in text

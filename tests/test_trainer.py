@@ -209,7 +209,7 @@ def test_a_bfloat16_recipe_keeps_fp32_master_weights(tiny_model_dir, tmp_path, m
     }))  # fmt: skip
     # an untrained model scores 0 on arithmetic (an all-uniform rollout makes no update): reward parity instead
     monkeypatch.setattr("archer.training.reward_funcs", lambda recipe, tokenizer=None: [parity_reward])
-    trainer = _build_trainer(load_recipe(recipe), str(tiny_model_dir), ArithmeticTask().dataset(64, seed=1))
+    trainer = _build_trainer(load_recipe(recipe), str(tiny_model_dir), ArithmeticTask().dataset(64, seed=1), "r1")
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     assert all(v.dtype == torch.float32 for v in before.values())
     assert train_logs(trainer)[0]["optimizer_steps"] >= 1

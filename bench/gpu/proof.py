@@ -10,7 +10,7 @@ Parts (each in its own process, so that memory peaks and DeepSpeed state do not 
   (b) the same under DeepSpeed ZeRO-3 on one process (``accelerate launch``);
   (c) ``archer eval --backend vllm`` on the tiny suite, when vLLM is importable (else skipped, saying why);
   (d) ``archer.objective.compute_objective`` forward + backward at B=16, T=32,768 against a plain clipped GRPO
-      loss (``bench/bench_objective.py``'s reference).
+      loss (the usual token-mean clipped surrogate, ``plain_grpo_loss`` below).
 
 Steps: 10 per trainer by default, fewer when the time budget (``--budget-s``, 450 s) would be exceeded: the table
 says how many ran. Without a GPU (``--device cpu``, or none visible) every part runs with small shapes, and the
@@ -130,7 +130,7 @@ def prepare_deepspeed(trainer) -> None:
 def worker_trainers(args: argparse.Namespace) -> list[dict]:
     import torch
     import transformers
-    from bench_trainer import _step, _trainers
+    from bench_trainer import _step, _trainers, objective_calls, objective_seconds
     from mfu import Shape, step_flops
 
     transformers.utils.logging.set_verbosity_error()
@@ -176,6 +176,10 @@ def worker_trainers(args: argparse.Namespace) -> list[dict]:
                 per_rep = sum(t[-1] for t in times.values())
                 steps = max(1, min(steps, 1 + int((args.deadline - time.time()) / per_rep)))
             rep += 1
+        objective_s = None
+        if not args.zero3:  # the objective's share of the Archer step: its calls in one step, replayed fwd + bwd
+            archer_trainer, archer_batch = built[TRAINERS[0]]
+            objective_s = objective_seconds(objective_calls(archer_trainer, archer_batch, seed=0), repeats=5)
     shape = Shape(**json.loads(args.shape))
     rows, medians = [], {}
     kind = "DeepSpeed ZeRO-3, 1 process" if args.zero3 else "no DeepSpeed"
@@ -214,12 +218,51 @@ def worker_trainers(args: argparse.Namespace) -> list[dict]:
             "note": "interleaved steps, same completions (lr 0, RNG re-seeded); peak memory includes both trainers",
         }
     )
+    if objective_s is not None:
+        rows.append(
+            {
+                "part": "a",
+                "figure": "the objective's share of an Archer trainer step",
+                "Archer / ours": f"{objective_s * 1e3:.2f} ms",
+                "reference": f"{medians[ours]:.2f} s",
+                "ratio": objective_s / medians[ours],
+                "note": "compute_objective fwd (with metrics) + bwd of the step's calls, replayed (median of 5)",
+            }
+        )
     return rows
+
+
+def plain_grpo_loss(logps, old_logps, advantages, mask):
+    """The usual clipped surrogate with one token-mean (as TRL's GRPO loss with beta = 0): the reference of (d)."""
+    import torch
+
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - 0.2, 1 + 0.2)
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def objective_inputs(batch: int, length: int, seed: int = 0) -> dict:
+    """A micro-batch like the trainer's: right-padded responses of random lengths, a reused rollout (r != 1)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(length // 4, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    logps = -torch.rand(batch, length, generator=gen) * 3
+    return {
+        "logps": logps,
+        "old_logps": logps + 0.2 * torch.randn(batch, length, generator=gen),
+        "ref_logps": logps + 0.2 * torch.randn(batch, length, generator=gen),
+        "advantages": torch.randn(batch, generator=gen),
+        "entropies": torch.empty(batch, length).exponential_(1.0, generator=gen),
+        "mask": mask,
+    }
 
 
 def worker_objective(args: argparse.Namespace) -> list[dict]:
     import torch
-    from bench_objective import _batch, plain_grpo_loss
 
     from archer.objective import ObjectiveConfig, compute_objective
 
@@ -227,8 +270,8 @@ def worker_objective(args: argparse.Namespace) -> list[dict]:
     device, cuda = form.device, form.device == "cuda"
     cfg = ObjectiveConfig.preset("archer")
     if not cuda:
-        torch.set_num_threads(1)  # as bench_objective.py: a busy shared CPU makes thread synchronisation noise
-    inputs = {k: v.to(device) for k, v in _batch(form.objective_batch, form.objective_len).items()}
+        torch.set_num_threads(1)  # as bench_trainer.py: a busy shared CPU makes thread synchronisation noise
+    inputs = {k: v.to(device) for k, v in objective_inputs(form.objective_batch, form.objective_len).items()}
 
     def archer():
         logps = inputs["logps"].clone().requires_grad_(True)

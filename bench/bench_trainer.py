@@ -1,10 +1,11 @@
 """Trainer step: Archer (and our DAPO preset) against TRL's stock GRPOTrainer, and the objective's share of it.
 
-One optimizer step = sample a rollout with transformers' generate, score it, forward + backward, AdamW step.
-All trainers start from the same weights and train at learning rate 0 (AdamW still does all its work), and the
-RNG is re-seeded before every step, so each trainer samples exactly the same completions: the timings differ only
-by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after warm-up, of
-wall time (the ratio column) and of the process's CPU time (in the note: on a busy shared machine it moves less).
+One optimizer step = sample a rollout with transformers' generate, score it, forward + backward, clip the gradient
+norm, AdamW step. All trainers start from the same weights and train at learning rate 0 (AdamW still does all its
+work), and the RNG is re-seeded before every step, so each trainer samples exactly the same completions: the timings
+differ only by the loss path. Steps are interleaved across trainers (A B C D A B C D ...); we report medians after
+warm-up, of wall time (the ratio column) and of the process's CPU time (in the note: on a busy shared machine it
+moves less).
 Torch runs one intra-op thread here, so that thread synchronisation on a busy machine does not add noise.
 
 The objective's share: one more Archer step records the ``compute_objective`` calls the trainer makes; after each
@@ -115,6 +116,10 @@ def _step(trainer, batch, seed: int) -> float:
     start = time.perf_counter()
     trainer.model.train()
     trainer.training_step(trainer.model, batch, None)
+    # the Trainer loop's gradient clipping and AdamW step (ArcherTrainer did both inside its step: no gradient left)
+    params = [p for p in trainer.model.parameters() if p.grad is not None]
+    if params and trainer.args.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start

@@ -20,13 +20,15 @@ ARGS ?=
 PYTEST_ARGS ?=
 WHEEL_CACHE ?=
 WHEELS ?=
+RECIPES ?=
+SEEDS ?= 5
 
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench test test-fast quality style api-check gpu-proof clean
+.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench ablate test test-fast quality style api-check gpu-proof clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +68,9 @@ push: $(STAMP) ## push MODEL (a run folder) to the Hub as REPO [REVISION=branch]
 
 bench: $(STAMP) ## measure Archer's cost as ratios against references; writes bench/results/<date>.md
 	$(BIN)/python bench/run.py $(ARGS)
+
+ablate: $(STAMP) ## compare RECIPES (default: the 4 tiny objectives) over SEEDS seeds; no RECIPES: regenerates README's table
+	$(BIN)/archer ablate $(RECIPES) --seeds $(SEEDS) $(if $(RECIPES),,--readme README.md) $(ARGS)
 
 system-deps: ## bubblewrap and libseccomp, the code sandbox (installed with apt-get when run as root)
 	@{ command -v bwrap && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2'; } >/dev/null || { \

@@ -339,9 +339,16 @@ def build_context(run: Run, repo_id: str | None, own: EvalResults | None, base: 
     model_id = repo_id or run.path.resolve().name
     heldout = {
         key: f"{100 * results[key]:.1f}%"
-        for key in ("heldout_accuracy_before", "heldout_accuracy_after")
+        for key in (
+            "heldout_accuracy_before",
+            "heldout_accuracy_after",
+            "heldout_sampled_accuracy_before",
+            "heldout_sampled_accuracy_after",
+        )
         if isinstance(results.get(key), int | float)
     }
+    sampled = results.get("heldout_sampled_protocol")
+    sampled = sampled if isinstance(sampled, dict) else {}
     versions = dict(results.get("versions") or {})
     for name, version in (own.versions if own else {}).items():
         versions.setdefault(name, version)
@@ -367,6 +374,9 @@ def build_context(run: Run, repo_id: str | None, own: EvalResults | None, base: 
         "is_correction": _is_correction(trainer),
         "heldout": heldout,
         "heldout_examples": data.get("heldout_examples"),
+        "heldout_sampling": _protocol_text({k: v for k, v in sampled.items() if k in SAMPLING_KEYS}, True),
+        "heldout_k": sampled.get("k"),
+        "base_label": "SFT warm start" if run.is_tiny else (base.model if base else None),
         "eval": own,
         "eval_rows": _eval_rows(own, base) if own else [],
         "base_eval": base,
@@ -444,6 +454,8 @@ def render_card(
     """The model card of a run folder (nothing written). ``base_results``: the base model's eval results JSON."""
     run = load_run(run_dir)
     own, found_base = find_eval_results(run.path, run.base_model)
+    if found_base is None and run.is_tiny:  # the tiny model's base is its SFT warm start, evaluated in sft/eval/
+        found_base = find_eval_results(run.path / "sft", None)[0]
     base = read_eval_results(base_results) if base_results is not None else found_base
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "card": ("archer.commands.card", "render the model card (README.md) of a run folder"),
     "push": ("archer.commands.push", "render the card and push a run folder to the Hugging Face Hub"),
+    "ablate": (
+        "archer.commands.ablate",
+        "run tiny recipes over seeds from shared warm starts and compare them (tables, curves, paired differences)",
+    ),
     "bench": ("archer.commands.bench", "measure what Archer costs, as ratios against references"),
 }
 

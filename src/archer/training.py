@@ -106,7 +106,7 @@ def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state
 
         with local_model_context():  # loading and generate() alike: no ZeRO-3 collectives on one process
             model = AutoModelForCausalLM.from_pretrained(str(out), dtype="float32")
-            summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after"))
+            summary.update(_heldout(recipe, model, AutoTokenizer.from_pretrained(str(out)), "after", out))
     atomic_write_json(out / run_folder.TRAIN_RESULTS, summary)
     write_card(out)
     return summary
@@ -198,7 +198,7 @@ def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any
     with state.main_process_first():
         if state.is_main_process and not (sft_dir / SFT_RESULTS).exists():
             with local_model_context():
-                _warm_start(recipe, sft_dir)
+                warm_start(recipe, sft_dir)
     return str(sft_dir), _sft_summary(out)
 
 
@@ -207,17 +207,21 @@ def _sft_summary(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _warm_start(recipe: Recipe, sft_dir: Path) -> None:
-    """Build the tiny model, SFT it on the task, save it, and score it on the held-out set."""
+def warm_start(recipe: Recipe, sft_dir: Path, sft_callback=None) -> None:
+    """Build the tiny model, SFT it on the task, save it, and score it on the held-out set.
+
+    ``sft_callback(steps_done, model)`` runs after every SFT step (the calibration bench probes the model with it)."""
     from archer import tiny
 
     task = _task(recipe)
     model_cfg = tiny.TinyModelConfig(**recipe.model.tiny)
     sft_cfg = recipe.sft if recipe.sft is not None else tiny.SFTConfig()
-    model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task)
+    model, tokenizer, stats = tiny.prepare_tiny_model(sft_dir, model_cfg, sft_cfg, task, callback=sft_callback)
+    # The recipe beside the weights: `archer eval` reads the task (and so the held-out set) from it.
+    atomic_write_text(sft_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
     summary = {"sft": stats}
     if recipe.data.heldout_examples:
-        summary.update(_heldout(recipe, model, tokenizer, "before"))
+        summary.update(_heldout(recipe, model, tokenizer, "before", sft_dir))
     atomic_write_json(sft_dir / SFT_RESULTS, summary)  # last: its presence means the warm start is complete
 
 
@@ -315,18 +319,29 @@ def _load_dtype(recipe: Recipe) -> str:
     return precision.load_dtype
 
 
-def _heldout(recipe: Recipe, model, tokenizer, when: str) -> dict[str, float]:
-    """Greedy accuracy on the task's reserved held-out problems (never drawn for training)."""
+def _heldout(recipe: Recipe, model, tokenizer, when: str, model_dir: Path) -> dict[str, Any]:
+    """Accuracy on the task's reserved held-out problems (never drawn for training): greedy, and sampled as
+    `make eval` samples (the tiny suite: avg@k at the paper's temperature), on the model saved in ``model_dir``."""
     from archer import tiny
 
     result = tiny.evaluate_heldout(model, tokenizer, _task(recipe), n=recipe.data.heldout_examples)
+    sampled = tiny.sampled_heldout(model_dir)
     logger.info(
-        "held-out accuracy %s RL: %.1f%% (%.0f%% of answers show their working)",
+        "held-out accuracy %s RL: greedy %.1f%%, avg@%d (T %g) %.1f%%; %.0f%% of greedy answers show their working",
         when,
         100 * result.accuracy,
+        sampled.k,
+        sampled.temperature,
+        100 * sampled.accuracy,
         100 * result.worked_frac,
     )
-    return {f"heldout_accuracy_{when}": result.accuracy, f"heldout_worked_frac_{when}": result.worked_frac}
+    return {
+        f"heldout_accuracy_{when}": result.accuracy,
+        f"heldout_worked_frac_{when}": result.worked_frac,
+        f"heldout_sampled_accuracy_{when}": sampled.accuracy,
+        f"heldout_sampled_pass_at_k_{when}": sampled.pass_at_k,
+        "heldout_sampled_protocol": sampled.protocol,
+    }
 
 
 def _device_name() -> str:

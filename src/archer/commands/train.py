@@ -84,10 +84,18 @@ def format_summary(summary: dict, output_dir: str) -> str:
     elif "train_runtime_s" in summary:
         wall, rl = summary["train_runtime_s"], summary.get("rl_runtime_s", 0.0)
         lines.append(f"wall time: {wall / 60:.1f} min (RL {rl / 60:.1f} min)")
-    before, after = summary.get("heldout_accuracy_before"), summary.get("heldout_accuracy_after")
-    if before is not None and after is not None:
-        lines.append(
-            f"held-out accuracy: {100 * before:.1f}% after SFT -> {100 * after:.1f}% after RL "
-            f"({100 * (after - before):+.1f} points, objective {summary['objective']})"
-        )
+    protocol = summary.get("heldout_sampled_protocol") or {}
+    rows = [
+        (f"avg@{protocol.get('k')} (T {protocol.get('temperature')}, top_p {protocol.get('top_p')})", "sampled"),
+        ("greedy", ""),
+    ]
+    for label, kind in rows:
+        key = f"heldout_{kind}_accuracy" if kind else "heldout_accuracy"
+        before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        if before is not None and after is not None:
+            lines.append(
+                f"held-out {label}: {100 * before:.1f}% after SFT -> {100 * after:.1f}% after RL "
+                f"({100 * (after - before):+.1f} points, objective {summary['objective']}, "
+                f"{protocol.get('problems', '?')} problems)"
+            )
     return "\n".join(lines)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +14,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from archer.data.arithmetic import THINK_CLOSE, THINK_OPEN, ArithmeticTask
 
 logger = logging.getLogger(__name__)
+
+# The evaluation suite of the embedded default (`make eval`): the paper's sampling protocol on the held-out set.
+TINY_SUITE = Path(__file__).resolve().parents[3] / "eval" / "suites" / "tiny.yaml"
 
 
 @dataclass
@@ -109,3 +114,42 @@ def heldout_accuracy(
 ) -> float:
     """Fraction of ``n`` held-out problems that greedy decoding answers correctly."""
     return evaluate_heldout(model, tokenizer, task, n, seed, batch_size, max_new_tokens).accuracy
+
+
+@dataclass(frozen=True)
+class SampledResult:
+    """Held-out accuracy under sampling, as ``archer eval`` computes it (its results folder: ``results``)."""
+
+    accuracy: float  # avg@k: pass@1 averaged over k samples per problem, a fraction
+    pass_at_k: float  # unbiased pass@k, a fraction
+    k: int
+    temperature: float
+    protocol: dict[str, Any]
+    results: Path
+
+
+def sampled_heldout(model_dir: str | Path, suite: str | Path = TINY_SUITE) -> SampledResult:
+    """Run the tiny evaluation suite (``make eval``'s default) on a saved model folder, written to its ``eval/``.
+
+    The suite reads the task and the number of held-out problems from the folder's ``config.yaml``.
+    """
+    from archer.evaluation.runner import EvalRequest, evaluate
+
+    out_dir, results = evaluate(EvalRequest(model=str(model_dir), suite=str(suite)))
+    (name, task), *others = results["tasks"].items()
+    if others:
+        logger.warning("suite %s has several tasks; the held-out figures come from %s", suite, name)
+    k = task["k"]
+    return SampledResult(
+        accuracy=task["metrics"][f"avg@{k}"] / 100,
+        pass_at_k=task["metrics"][f"pass@{k}"] / 100,
+        k=k,
+        temperature=task["temperature"],
+        protocol={
+            **{key: task[key] for key in ("k", "temperature", "top_p", "max_new_tokens")},
+            "problems": task["num_problems"],
+            "seed": results["protocol"].get("seed"),
+            "suite": results["suite"],
+        },
+        results=out_dir / "results.json",
+    )

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,8 +107,12 @@ def run_sft(
     tokenizer: PreTrainedTokenizerBase,
     task: ArithmeticTask,
     cfg: SFTConfig | None = None,
+    callback: Callable[[int, PreTrainedModel], None] | None = None,
 ) -> dict[str, Any]:
-    """Warm-start ``model`` in place; return stats (losses, wall time, examples seen)."""
+    """Warm-start ``model`` in place; return stats (losses, wall time, examples seen).
+
+    ``callback(steps_done, model)``, when given, runs after every optimizer step (e.g. to probe the model).
+    """
     cfg = cfg or SFTConfig()
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(
@@ -136,6 +141,8 @@ def run_sft(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if callback is not None:
+                callback(step + 1, model)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 recent = sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :])
                 bar.set_postfix(loss=f"{recent:.4f}")

@@ -1,0 +1,250 @@
+"""Calibrate the embedded default's warm start and task: is the SFT model good at what RL needs, does RL then gain?
+
+Each named configuration is ``recipes/tiny/archer.yaml`` plus overrides (task, SFT, trainer). Two stages, both
+through ``archer.ablation`` (so warm starts are shared and cached exactly as ``make ablate`` shares them, under
+``--out``):
+
+``sft``: the warm start of each configuration and seed, probed every 500 SFT steps (from step 1500) on a
+*validation* set (200 problems drawn like training problems, from their own seed; the reserved held-out set is
+left for the final numbers):
+
+- greedy accuracy, and the share of greedy answers that show their working;
+- sampled at the RL temperature (T 1.0, 4 samples): accuracy, share showing working, accuracy of worked and of
+  answer-only samples, step accuracy (the share of worked steps ``a+b=c.`` that are true);
+- sampled at the evaluation temperature (T 0.8, 4 samples): accuracy.
+
+A warm start leaves RL room when worked samples are mostly right and answer-only ones mostly wrong: RL then has a
+better behaviour to find (showing the working).
+
+``rl``: Archer RL from those warm starts; the held-out figures (avg@8 at T 0.8 and greedy, 500 problems) before and
+after RL come from the runs' ``train_results.json``.
+
+    python bench/tiny_calibrate.py sft CONFIG... [--seeds 5] [--workers 2]
+    python bench/tiny_calibrate.py rl CONFIG... [--seeds 5] [--workers 2]
+    python bench/tiny_calibrate.py table [CONFIG...]        # the README's calibration table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path("outputs/calibrate")
+RECIPE = "recipes/tiny/archer.yaml"
+VALIDATION_SEED, VALIDATION_N = 99, 200
+PROBE_EVERY, PROBE_FROM = 500, 1500
+SAMPLES = 4
+STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
+
+# name -> overrides of recipes/tiny/archer.yaml
+CONFIGS: dict[str, list[str]] = {
+    "base": [],  # 2-3 operands in 0..30, + and -, half the SFT examples answer-only, 2500 SFT steps
+    "t3_op20": ["data.task={min_terms: 3, max_operand: 20}"],
+    "t3": ["data.task={min_terms: 3}"],
+    "aof0.3": ["sft.answer_only_frac=0.3"],
+}
+
+
+def step_accuracy(completion: str) -> tuple[int, int]:
+    """(true steps, steps) among the ``a op b=c.`` steps of a completion's working."""
+    body = completion.partition("<think>")[2].partition("</think>")[0]
+    good = total = 0
+    for step in body.split():
+        total += 1
+        match = STEP.match(step)
+        if match:
+            a, op, b, c = match.groups()
+            a, b, c = int(a), int(b), int(c)
+            good += (a + b if op == "+" else a - b if op == "-" else a * b) == c
+    return good, total
+
+
+def sample(model, tokenizer, prompts: list[str], k: int, temperature: float, seed: int) -> list[list[str]]:
+    import torch
+
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), 100):
+            enc = tokenizer(
+                prompts[start : start + 100],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            )
+            ids = model.generate(
+                **enc,
+                max_new_tokens=40,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=k,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [texts[i : i + k] for i in range(0, len(texts), k)]
+    return out
+
+
+def probe(model, tokenizer, problems) -> dict[str, float]:
+    from archer.tiny.accuracy import generate_completions, score, shows_working
+
+    was_training = model.training
+    model.eval()
+    prompts, solutions = [p.prompt for p in problems], [p.solution for p in problems]
+    greedy = generate_completions(model, tokenizer, prompts)
+    row = {
+        "greedy": statistics.mean(score(greedy, solutions)),
+        "greedy_worked": statistics.mean(map(shows_working, greedy)),
+    }
+    for temperature, name in ((1.0, "t1"), (0.8, "t08")):
+        samples = sample(model, tokenizer, prompts, SAMPLES, temperature, seed=1234)
+        flat = [c for group in samples for c in group]
+        rewards = score(flat, [s for s in solutions for _ in range(SAMPLES)])
+        worked = [shows_working(c) for c in flat]
+        row[f"{name}_acc"] = statistics.mean(rewards)
+        if name == "t1":
+            row["t1_worked"] = statistics.mean(worked)
+            w = [r for r, is_w in zip(rewards, worked, strict=True) if is_w]
+            a = [r for r, is_w in zip(rewards, worked, strict=True) if not is_w]
+            row["t1_acc_worked"] = statistics.mean(w) if w else float("nan")
+            row["t1_acc_answer_only"] = statistics.mean(a) if a else float("nan")
+            steps = [step_accuracy(c) for c, is_w in zip(flat, worked, strict=True) if is_w]
+            row["t1_step_acc"] = sum(g for g, _ in steps) / max(1, sum(t for _, t in steps))
+    model.train(was_training)
+    return row
+
+
+class Prober:
+    """The SFT callback: probes the model on the validation set every PROBE_EVERY steps, appends rows to a file."""
+
+    def __init__(self, task_kwargs: dict[str, Any], path: Path, label: dict[str, Any]):
+        self.task_kwargs, self.path, self.label = task_kwargs, path, label
+        self.problems = self.tokenizer = None
+
+    def __call__(self, step: int, model) -> None:
+        if step < PROBE_FROM or step % PROBE_EVERY:
+            return
+        if self.problems is None:
+            from archer.data.arithmetic import ArithmeticTask
+            from archer.tiny import build_tokenizer
+
+            task = ArithmeticTask(**self.task_kwargs)
+            rng = random.Random(VALIDATION_SEED)
+            self.problems = [task.sample(rng) for _ in range(VALIDATION_N)]
+            self.tokenizer = build_tokenizer(task=task)
+        row = {**self.label, "step": step, **probe(model, self.tokenizer, self.problems)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def plan(configs: list[str], seeds: int, out: Path, workers: int):
+    from archer.ablation import Variant, plan_ablation
+
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        sys.exit(f"error: unknown config {unknown[0]!r}; known: {', '.join(CONFIGS)}")
+    return plan_ablation([Variant(c, RECIPE, tuple(CONFIGS[c])) for c in configs], seeds, out, workers)
+
+
+def run_warm_starts(configs: list[str], seeds: int, out: Path, workers: int) -> None:
+    """Every missing warm start of the configurations, with probes, ``workers`` at a time."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from archer.ablation import load_run_recipe, warm_start_job
+
+    the_plan = plan(configs, seeds, out, workers)
+    jobs = [run for warm, run in the_plan.warm_starts.items() if not (warm / "sft_results.json").is_file()]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {}
+        for run in jobs:
+            probes = run.warm_dir.with_suffix(".probes.jsonl")
+            probes.unlink(missing_ok=True)
+            label = {"warm": run.warm_dir.name, "config": run.name, "seed": run.seed}
+            prober = Prober(load_run_recipe(run).data.task, probes, label)
+            futures[pool.submit(warm_start_job, run, the_plan.threads, prober)] = run
+        for future in as_completed(futures):
+            run = futures[future]
+            error = future.exception()
+            print(f"{'FAILED' if error else 'done'} {run.name} seed {run.seed}: {error or run.warm_dir}", flush=True)
+
+
+def probe_rows(out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((out / "warm_starts").glob("*.probes.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+SFT_COLUMNS = ("greedy", "t1_acc", "t1_worked", "t1_acc_worked", "t1_acc_answer_only", "t1_step_acc", "t08_acc")
+
+
+def table(configs: list[str], seeds: int, out: Path) -> str:
+    """Per configuration: validation probes at the end of SFT (mean over seeds) and the RL outcome on held-out."""
+    from archer.ablation import run_values
+
+    rows = probe_rows(out)
+    head = ["config", "SFT steps", *SFT_COLUMNS, "avg@8 SFT → RL", "gain min / mean", "greedy SFT → RL", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for config in configs:
+        the_plan = plan([config], seeds, out, 1)
+        warm = {r.warm_dir.name for r in the_plan.runs}
+        probes = [r for r in rows if r["warm"] in warm]
+        last = max((r["step"] for r in probes), default=None)
+        final = [r for r in probes if r["step"] == last]
+        cells = [f"{100 * statistics.mean(r[c] for r in final):.1f}" if final else "–" for c in SFT_COLUMNS]
+        done = [run_values(r.out_dir) for r in the_plan.runs if r.done]
+        if done:
+
+            def mean(key: str, done=done) -> float:
+                return statistics.mean(v[key] for v in done)
+
+            rl = [
+                f"{mean('avg8_before'):.1f} → {mean('avg8_after'):.1f}",
+                f"{min(v['avg8_gain'] for v in done):+.1f} / {mean('avg8_gain'):+.1f}",
+                f"{statistics.mean(v['greedy_after'] - v['greedy_gain'] for v in done):.1f} → {mean('greedy_after'):.1f}",
+            ]
+        else:
+            rl = ["–"] * 3
+        lines.append(f"| {config} | {last or '–'} | " + " | ".join(cells + rl) + f" | {len(final)} / {len(done)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["sft", "rl", "table"])
+    parser.add_argument("configs", nargs="*")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    configs = args.configs or list(CONFIGS)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    os.environ["TQDM_DISABLE"] = "1"
+    if args.command == "sft":
+        run_warm_starts(configs, args.seeds, args.out, args.workers)
+    elif args.command == "rl":
+        from archer.ablation import Variant, run_ablation
+
+        variants = [Variant(c, RECIPE, tuple(CONFIGS[c])) for c in configs]
+        _, failures = run_ablation(variants, args.seeds, args.out, args.workers, command="bench/tiny_calibrate.py rl")
+        for line in failures:
+            print(f"error: {line}", file=sys.stderr)
+    print(table(configs, args.seeds, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import re
 import statistics
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 OUT = Path("outputs/calibrate")
 RECIPE = "recipes/tiny/archer.yaml"
-VALIDATION_SEED, VALIDATION_N = 99, 200
+VALIDATION_N = 200
 PROBE_EVERY, PROBE_FROM = 500, 1500
 SAMPLES = 4
 STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
@@ -50,6 +49,9 @@ CONFIGS: dict[str, list[str]] = {
     "t3_op20": ["data.task={min_terms: 3, max_operand: 20}"],
     "t3": ["data.task={min_terms: 3}"],
     "aof0.3": ["sft.answer_only_frac=0.3"],
+    # SFT until the validation greedy accuracy reaches 85 %, then a 300-step decay (cap: 4000 steps)
+    "t3_op20_t85": ["data.task={min_terms: 3, max_operand: 20}", "sft={steps: 4000, target_accuracy: 0.85}"],
+    "t85": ["sft={steps: 4000, target_accuracy: 0.85}"],
 }
 
 
@@ -141,8 +143,7 @@ class Prober:
             from archer.tiny import build_tokenizer
 
             task = ArithmeticTask(**self.task_kwargs)
-            rng = random.Random(VALIDATION_SEED)
-            self.problems = [task.sample(rng) for _ in range(VALIDATION_N)]
+            self.problems = task.validation(VALIDATION_N)  # the set the SFT's own stopping rule looks at
             self.tokenizer = build_tokenizer(task=task)
         row = {**self.label, "step": step, **probe(model, self.tokenizer, self.problems)}
         with self.path.open("a") as f:

@@ -17,6 +17,7 @@ each with ``cores / workers`` torch threads. Everything is resumable: a finished
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -153,6 +154,12 @@ def plan_ablation(
     threads = max(1, (os.cpu_count() or 1) // workers)
     plan = Plan(out=out, names=names, seeds=list(range(seeds)), runs=[], threads=threads)
     for variant in variants:
+        base = load_recipe(variant.recipe, list(variant.overrides))
+        if not base.model.is_tiny:
+            raise UserError(
+                f"{variant.recipe}: model.name_or_path is {base.model.name_or_path!r}; archer ablate runs tiny "
+                "recipes (CPU processes sharing warm starts); launch GPU recipes with `archer train`"
+            )
         for seed in plan.seeds:
             run_dir = out / variant.name / f"seed{seed}"
             run_overrides = (
@@ -162,11 +169,6 @@ def plan_ablation(
                 f"trainer.output_dir={run_dir}",
             )
             recipe = load_recipe(variant.recipe, list(run_overrides))
-            if not recipe.model.is_tiny:
-                raise UserError(
-                    f"{variant.recipe}: model.name_or_path is {recipe.model.name_or_path!r}; archer ablate runs tiny "
-                    "recipes (CPU processes sharing warm starts); launch GPU recipes with `archer train`"
-                )
             resolved = recipe.resolved()
             warm = out / WARM_DIR / f"seed{seed}-{_warm_key(resolved)}"
             run = Run(variant.name, seed, variant.recipe, run_overrides, run_dir, warm)
@@ -524,12 +526,27 @@ def run_ablation(
     workers = workers or os.cpu_count() or 1
     plan = plan_ablation(variants, seeds, out, workers)
     started = time.perf_counter()
-    failures = execute(plan, workers)
-    logger.info("ablation jobs took %.1f min", (time.perf_counter() - started) / 60)
-    summary = summarize(plan, command)
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    write_outputs(plan, summary)
+    with _exclusive(plan.out):
+        failures = execute(plan, workers)
+        logger.info("ablation jobs took %.1f min", (time.perf_counter() - started) / 60)
+        summary = summarize(plan, command)
+        summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+        write_outputs(plan, summary)
     return summary, failures
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold ``<out>/.lock`` for the whole ablation: two invocations on one folder would build the same runs."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--out {out}: another `archer ablate` is running on this folder") from None
+        yield
 
 
 __all__ = [

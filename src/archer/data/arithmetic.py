@@ -25,6 +25,7 @@ THINK_CLOSE = "</think>"
 BOXED_OPEN = "\\boxed{"
 SUPPORTED_OPS = "+-*"
 _MAX_TERMS_LIMIT = 8
+VALIDATION_SEED = 99
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,12 @@ class ArithmeticTask:
             problem = self._draw(rng)
             if problem.prompt not in self.heldout_prompts:
                 return problem
+
+    def validation(self, n: int, seed: int = VALIDATION_SEED) -> list[ArithmeticProblem]:
+        """``n`` problems drawn like training ones (never held-out prompts), from their own seed: for choices made
+        during training (when to stop the SFT warm start), which must not look at the held-out set."""
+        rng = random.Random(seed)
+        return [self.sample(rng) for _ in range(n)]
 
     def dataset(self, n: int, seed: int) -> datasets.Dataset:
         """``n`` training problems as columns ``prompt`` (plain text) and ``solution`` (the gold answer)."""

@@ -100,7 +100,12 @@ def test_finished_run_card_parses_back_with_eval_results_in_model_index(tmp_path
     assert "ratio clipped to [1-0.5, 1+0.5], KL weight 0." in text
     assert "64 completions (8 prompts × 8 responses)" in text
     assert "`beta`" not in text  # the objective block, not TRL's beta, sets the KL weights
-    assert "54.6% after the SFT warm start, 80.4% after RL" in text
+    assert "Held-out accuracy on the training task (500 problems never trained on)" in text
+    assert (
+        "| avg@8, sampled (T=0.8, top_p=1.0, max new tokens=40; the paper's protocol, `make eval`) | 51.2% | 79.2% |"
+        in text
+    )
+    assert "| greedy | 54.6% | 80.4% |" in text
     assert "![reward](plots/reward.png)" in text and "![entropy](plots/entropy.png)" in text
     assert 'model_id = "org/tiny-archer"' in text
     assert 'tokenizer("Compute 26+10-17."' in text  # no chat template: plain prompt
@@ -122,6 +127,17 @@ def test_bare_run_renders_a_complete_card_without_eval_table(tmp_path):
     for section in ("## How it was trained", "## Quick start", "## Limitations", "## Citation"):
         assert section in text
     assert f'model_id = "{run}"' in text  # no repo yet: the local folder
+
+
+def test_tiny_run_compares_with_its_sft_warm_start_evaluated_in_sft_eval(tmp_path):
+    run = make_run(tmp_path / "tiny-archer")
+    results = json.loads((FIXTURE / "eval_results.json").read_text())
+    results["model"] = str(run / "sft")
+    results["tasks"]["arithmetic"]["metrics"]["avg@8"] = 51.25
+    _write_results(run / "sft" / "eval" / "2026-11-27T09-00-00" / "results.json", results)
+    text = ModelCard.load(write_card(run)).text
+    assert "| benchmark | metric | problems | tiny-archer | SFT warm start | Δ |" in text
+    assert "| arithmetic | avg@8 | 200 | **71.2** | 51.2 | +20.0 |" in text
 
 
 def test_base_model_results_found_in_run_folder_give_a_comparison_column(tmp_path):

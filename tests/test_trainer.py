@@ -311,8 +311,17 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
     results = json.loads((run / "train_results.json").read_text())
     assert results["global_step"] == 4
     assert 0.0 <= results["heldout_accuracy_before"] <= 1.0 and 0.0 <= results["heldout_accuracy_after"] <= 1.0
+    # the paper's protocol beside greedy: avg@8 at T 0.8, top_p 1.0, computed by `archer eval` on both models
+    assert results["heldout_sampled_protocol"] == {
+        "k": 8, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 40, "problems": 16, "seed": 1234, "suite": "tiny"
+    }  # fmt: skip
+    for when, folder in (("before", run / "sft"), ("after", run)):
+        (evaluated,) = folder.glob("eval/*/results.json")
+        avg8 = json.loads(evaluated.read_text())["tasks"]["arithmetic"]["metrics"]["avg@8"]
+        assert results[f"heldout_sampled_accuracy_{when}"] == pytest.approx(avg8 / 100)
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"reward.png", "entropy.png", "clip_fractions.png"}
-    assert "held-out accuracy" in proc.stdout
+    assert "held-out avg@8 (T 0.8, top_p 1.0)" in proc.stdout and "held-out greedy" in proc.stdout
+    assert "| greedy |" in (run / "README.md").read_text()
 
 
 @pytest.mark.slow

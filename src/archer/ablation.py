@@ -194,6 +194,10 @@ def _plain(value: Any) -> Any:
     return yaml.safe_load(yaml.safe_dump(value, sort_keys=True))
 
 
+# Settings that change where a run writes or what it prints, not what it learns: ignored when reusing a run.
+NOT_COMPARED = {"output_dir", "logging_dir", "disable_tqdm", "run_name"}
+
+
 def _check_reusable(run: Run, resolved: dict[str, Any]) -> None:
     """A run folder left by an earlier invocation must hold the same resolved recipe, or it cannot be reused."""
     config = run.out_dir / "config.yaml"
@@ -205,7 +209,7 @@ def _check_reusable(run: Run, resolved: dict[str, Any]) -> None:
         f"{block}.{key}"
         for block in set(old) | set(new)
         for key in set(old.get(block) or {}) | set(new.get(block) or {})
-        if (old.get(block) or {}).get(key) != (new.get(block) or {}).get(key)
+        if key not in NOT_COMPARED and (old.get(block) or {}).get(key) != (new.get(block) or {}).get(key)
     )
     if changed:
         raise UserError(

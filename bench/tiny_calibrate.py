@@ -49,9 +49,8 @@ CONFIGS: dict[str, list[str]] = {
     "t3_op20": ["data.task={min_terms: 3, max_operand: 20}"],
     "t3": ["data.task={min_terms: 3}"],
     "aof0.3": ["sft.answer_only_frac=0.3"],
-    # SFT until the validation greedy accuracy reaches 85 %, then a 300-step decay (cap: 4000 steps)
-    "t3_op20_t85": ["data.task={min_terms: 3, max_operand: 20}", "sft.steps=4000", "sft.target_accuracy=0.85"],
-    "t85": ["sft.steps=4000", "sft.target_accuracy=0.85"],
+    # cosine over 3500 steps, stopped early once the validation greedy accuracy reaches 85 %
+    "t3_op20_stop85": ["data.task={min_terms: 3, max_operand: 20}", "sft.steps=3500", "sft.target_accuracy=0.85"],
 }
 
 

@@ -152,14 +152,7 @@ def test_learning_rate_schedules():
     assert lr_factor(99, SFTConfig(steps=100, warmup_steps=0, schedule="constant")) == 1.0
 
 
-def test_target_accuracy_schedule_holds_the_peak_then_decays():
-    cfg = SFTConfig(steps=1000, warmup_steps=10, target_accuracy=0.8, decay_steps=100, schedule="linear")
-    assert lr_factor(5, cfg) < 1.0 and lr_factor(500, cfg) == 1.0  # warm-up, then the peak while training on
-    assert lr_factor(899, cfg) == 1.0 and lr_factor(950, cfg) == pytest.approx(0.5)  # the cap decays at the end
-    assert lr_factor(300, cfg, decay_start=250) == pytest.approx(0.5)  # target reached at step 250: decay from there
-
-
-def test_sft_stops_after_the_decay_once_validation_reaches_the_target(tokenizer, task, monkeypatch):
+def test_sft_stops_early_once_validation_reaches_the_target(tokenizer, task, monkeypatch):
     from archer.tiny import sft as sft_module
 
     scores = iter([0.3, 0.5, 0.95, 0.99])
@@ -167,13 +160,15 @@ def test_sft_stops_after_the_decay_once_validation_reaches_the_target(tokenizer,
     monkeypatch.setattr(
         sft_module, "validation_accuracy", lambda m, t, problems: seen.append(problems) or next(scores)
     )
-    cfg = SFTConfig(steps=200, batch_size=4, warmup_steps=2, target_accuracy=0.9, eval_every=10, decay_steps=15)
+    cfg = SFTConfig(steps=200, batch_size=4, warmup_steps=2, target_accuracy=0.9, eval_every=10)
     stats = run_sft(build_model(tokenizer, seed=0), tokenizer, task, cfg)
-    assert stats["steps"] == 30 + 15 and stats["decay_start"] == 30  # target met at the 3rd check
+    assert stats["steps"] == 30 and stats["examples"] == 120  # target met at the 3rd check
     assert [tuple(x) for x in stats["validation_accuracy"]] == [(10, 0.3), (20, 0.5), (30, 0.95)]
-    heldout = task.heldout_prompts
-    assert len(seen[0]) == 200 and not {p.prompt for p in seen[0]} & heldout  # never the held-out set
+    assert len(seen[0]) == 200 and not {p.prompt for p in seen[0]} & task.heldout_prompts  # never the held-out set
     assert [p.prompt for p in seen[0]] == [p.prompt for p in task.validation(200)]
+    never = SFTConfig(steps=25, batch_size=4, warmup_steps=2, target_accuracy=1.0, eval_every=10)
+    scores = iter([0.3, 0.5])
+    assert run_sft(build_model(tokenizer, seed=0), tokenizer, task, never)["steps"] == 25  # the cap
 
 
 @pytest.mark.parametrize(
@@ -185,7 +180,6 @@ def test_sft_stops_after_the_decay_once_validation_reaches_the_target(tokenizer,
         {"answer_only_frac": 1.5},
         {"warmup_steps": 2500},
         {"target_accuracy": 0.0},
-        {"target_accuracy": 0.9, "decay_steps": 2500},
         {"target_accuracy": 0.9, "eval_every": 0},
     ],
 )

@@ -48,12 +48,12 @@ class SFTConfig:
     target_accuracy: float | None = field(
         default=None,
         metadata={
-            "help": "Train until good enough: the rate holds at its peak until greedy accuracy on a validation set "
-            "(problems drawn like training ones, never the held-out set) reaches this, then decays to 0 over "
-            "decay_steps (shaped by `schedule`) and SFT ends; `steps` is the cap. None: always run `steps`."
+            "help": "Early stop: every eval_every steps, greedy accuracy on a validation set (problems drawn like "
+            "training ones, never the held-out set); SFT ends once it reaches this (`steps` is then a cap, and the "
+            "schedule still spans `steps`). Slow seeds train longer, fast ones stop with room left for RL. "
+            "None: always run `steps`."
         },
     )
-    decay_steps: int = field(default=300, metadata={"help": "With target_accuracy: length of the final decay."})
     eval_every: int = field(default=250, metadata={"help": "With target_accuracy: validation every this many steps."})
     validation_size: int = field(default=200, metadata={"help": "With target_accuracy: validation problems."})
 
@@ -70,33 +70,17 @@ class SFTConfig:
             raise UserError(f"sft.answer_only_frac={self.answer_only_frac}: must be in [0, 1]")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.log_every < 1:
             raise UserError("sft.weight_decay and sft.max_grad_norm must be >= 0, sft.log_every >= 1")
-        if self.target_accuracy is not None:
-            if not 0.0 < self.target_accuracy <= 1.0:
-                raise UserError(f"sft.target_accuracy={self.target_accuracy}: must be in (0, 1] or null")
-            if not self.warmup_steps + 1 <= self.steps - self.decay_steps or self.decay_steps < 1:
-                raise UserError(
-                    f"sft.decay_steps={self.decay_steps}: must be >= 1 and leave room after warm-up within "
-                    f"steps={self.steps}"
-                )
-            if self.eval_every < 1 or self.validation_size < 1:
-                raise UserError("sft.eval_every and sft.validation_size must be >= 1")
+        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
+            raise UserError(f"sft.target_accuracy={self.target_accuracy}: must be in (0, 1] or null")
+        if self.eval_every < 1 or self.validation_size < 1:
+            raise UserError("sft.eval_every and sft.validation_size must be >= 1")
 
 
-def lr_factor(step: int, cfg: SFTConfig, decay_start: int | None = None) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
-
-    Without ``cfg.target_accuracy`` the schedule spans all ``cfg.steps``. With it, the rate holds at its peak until
-    ``decay_start`` (default: the last ``cfg.decay_steps`` steps) and then follows the schedule over the decay.
-    """
+def lr_factor(step: int, cfg: SFTConfig) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
     if step < cfg.warmup_steps:
         return (step + 1) / (cfg.warmup_steps + 1)
-    if cfg.target_accuracy is None:
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    else:
-        start = cfg.steps - cfg.decay_steps if decay_start is None else decay_start
-        if step < start:
-            return 1.0
-        progress = min(1.0, (step - start) / cfg.decay_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.schedule == "linear":
@@ -157,8 +141,7 @@ def run_sft(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
     )
-    decay: dict[str, int | None] = {"start": None}  # set when the validation target is reached
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, decay["start"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     validation = task.validation(cfg.validation_size) if cfg.target_accuracy is not None else []
     history: list[tuple[int, float]] = []
     model.train()
@@ -173,8 +156,6 @@ def run_sft(
     )
     with tqdm(range(cfg.steps), desc="SFT warm-start", unit="step", dynamic_ncols=True) as bar:
         for step in bar:
-            if decay["start"] is not None and step >= decay["start"] + cfg.decay_steps:
-                break
             problems = [task.sample(rng) for _ in range(cfg.batch_size)]
             completions = [p.answer_only if rng.random() < cfg.answer_only_frac else p.worked for p in problems]
             loss = completion_loss(model, make_batch(tokenizer, [p.prompt for p in problems], completions))
@@ -187,15 +168,13 @@ def run_sft(
             losses.append(loss.item())
             if callback is not None:
                 callback(step + 1, model)
-            if validation and decay["start"] is None and (step + 1) % cfg.eval_every == 0:
+            if validation and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 history.append((step + 1, validation_accuracy(model, tokenizer, validation)))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", validation=f"{history[-1][1]:.3f}")
-                if history[-1][1] >= cfg.target_accuracy and step + 1 + cfg.decay_steps < cfg.steps:
-                    decay["start"] = step + 1
-                    logger.info(
-                        "SFT step %d: validation accuracy %.3f >= %.3f, decaying over %d steps",
-                        step + 1, history[-1][1], cfg.target_accuracy, cfg.decay_steps,
-                    )  # fmt: skip
+                logger.info("SFT step %d: validation accuracy %.3f", step + 1, history[-1][1])
+                if history[-1][1] >= cfg.target_accuracy:
+                    logger.info("SFT stops early: validation accuracy reached %.3f", cfg.target_accuracy)
+                    break
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 recent = sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :])
                 bar.set_postfix(loss=f"{recent:.4f}")
@@ -215,6 +194,5 @@ def run_sft(
     }
     if validation:
         stats["validation_accuracy"] = history
-        stats["decay_start"] = decay["start"]
     logger.info("SFT done in %.1f s: loss %.4f -> %.4f", seconds, stats["initial_loss"], stats["final_loss"])
     return stats

@@ -31,7 +31,7 @@ TINY = [REPO / "recipes" / "tiny" / f"{name}.yaml" for name in ("archer", "dapo"
 
 
 def smoke_variants(*presets: str) -> list[Variant]:
-    return [Variant(p, str(SMOKE), (f"objective={{preset: {p}}}",)) for p in presets]
+    return [Variant(p, str(SMOKE), (f"objective.preset={p}",)) for p in presets]
 
 
 def test_t_intervals():
@@ -91,7 +91,7 @@ def test_a_run_folder_made_with_other_settings_is_not_reused(tmp_path):
     plan_ablation(smoke_variants("archer"), seeds=1, out=tmp_path)  # same settings: reusable
     with pytest.raises(UserError, match="trained with other settings"):
         plan_ablation(
-            [Variant("archer", str(SMOKE), ("objective={preset: archer}", "trainer.learning_rate=1e-3"))], 1, tmp_path
+            [Variant("archer", str(SMOKE), ("objective.preset=archer", "trainer.learning_rate=1e-3"))], 1, tmp_path
         )
 
 

@@ -45,12 +45,12 @@ STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
 
 # name -> overrides of recipes/tiny/archer.yaml
 CONFIGS: dict[str, list[str]] = {
-    "base": [],  # 2-3 operands in 0..30, + and -, half the SFT examples answer-only, 2500 SFT steps
-    "t3_op20": ["data.task={min_terms: 3, max_operand: 20}"],
-    "t3": ["data.task={min_terms: 3}"],
+    # the recipe as shipped: 3 operands in 0..20, half the SFT examples answer-only, SFT cosine over 3500 steps
+    # stopped once validation greedy accuracy reaches 85 %
+    "base": [],
+    "fixed2500": ["sft.steps=2500", "sft.target_accuracy=null"],  # a fixed 2500-step cosine, no early stop
+    "stop80": ["sft.target_accuracy=0.8"],
     "aof0.3": ["sft.answer_only_frac=0.3"],
-    # cosine over 3500 steps, stopped early once the validation greedy accuracy reaches 85 %
-    "t3_op20_stop85": ["data.task={min_terms: 3, max_operand: 20}", "sft.steps=3500", "sft.target_accuracy=0.85"],
 }
 
 

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUT = Path("outputs/ablate")
 WARM_DIR = "warm_starts"
 SEED_OFFSET = 42  # trainer.seed = SEED_OFFSET + seed: seed 0 of recipes/tiny/archer.yaml is `make train`
-TAIL = 0.1  # "final" training metrics: the mean over the last 10 % of logged steps
+TAIL = 0.1  # "final" training metrics: the mean over the last 10 % of logged rollouts (one metrics line each)
 
 # Student-t 97.5 % quantiles by degrees of freedom (two-sided 95 % intervals); 1.96 beyond the table.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -68,9 +68,9 @@ METRICS = (
     Metric("greedy_gain", "held-out greedy gain (points)", "gain", "heldout_accuracy"),
     Metric("avg8_before", "held-out avg@8 after SFT (%)", "results", "heldout_sampled_accuracy_before"),
     Metric("worked_after", "greedy answers showing working (%)", "results", "heldout_worked_frac_after"),
-    Metric("reward", "reward, last 10 % of steps", "tail", "reward", percent=False),
-    Metric("entropy", "token entropy, last 10 % of steps", "tail", "entropy/mean", percent=False),
-    Metric("length", "response length (tokens), last 10 % of steps", "tail", "completions/mean_length", False),
+    Metric("reward", "reward, last 10 % of rollouts", "tail", "reward", percent=False),
+    Metric("entropy", "token entropy, last 10 % of rollouts", "tail", "entropy/mean", percent=False),
+    Metric("length", "response length (tokens), last 10 % of rollouts", "tail", "completions/mean_length", False),
     Metric("r_clip_low", "reasoning tokens clipped low (%)", "mean", "reasoning/clip_low_frac"),
     Metric("r_clip_high", "reasoning tokens clipped high (%)", "mean", "reasoning/clip_high_frac"),
     Metric("k_clip_low", "knowledge tokens clipped low (%)", "mean", "knowledge/clip_low_frac"),
@@ -422,16 +422,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
         digits = 1 if metric.percent or metric.key.endswith("gain") else 2 if metric.key != "entropy" else 3
         cells = [_cell(*summary["table"][n][metric.key], digits) for n in names]
         lines.append(f"| {metric.label} | " + " | ".join(cells) + " |")
-    lines += ["", "Held-out avg@8 (%) per seed, after SFT → after RL:", ""]
-    lines += ["| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for seed in seeds:
-        cells = []
-        for name in names:
-            v = summary["per_run"][name].get(seed) or summary["per_run"][name].get(str(seed))
-            cells.append(
-                "–" if v is None else f"{v['avg8_before']:.1f} → {v['avg8_after']:.1f} ({v['avg8_gain']:+.1f})"
-            )
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    for prefix, label in (("avg8", "avg@8 (T 0.8)"), ("greedy", "greedy")):
+        lines += ["", f"Held-out {label} (%) per seed, after SFT → after RL:", ""]
+        lines += ["| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for seed in seeds:
+            cells = []
+            for name in names:
+                v = summary["per_run"][name].get(seed) or summary["per_run"][name].get(str(seed))
+                cells.append(
+                    "–"
+                    if v is None
+                    else f"{v[prefix + '_after'] - v[prefix + '_gain']:.1f} → {v[prefix + '_after']:.1f} "
+                    f"({v[prefix + '_gain']:+.1f})"
+                )
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     if summary["paired"]:
         first = names[0]
         lines += ["", f"Paired differences against {first} (same seed, same warm start), points:", ""]
@@ -450,7 +454,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot_curves(plan: Plan, path: Path, window: int = 10) -> Path | None:
-    """One PNG: each curve of CURVES, mean over seeds (moving average of ``window`` steps) with a 95 % band."""
+    """One PNG: each curve of CURVES, mean over seeds (moving average of ``window`` rollouts) with a 95 % band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -480,14 +484,14 @@ def plot_curves(plan: Plan, path: Path, window: int = 10) -> Path | None:
                 half = t975(len(series)) * smooth.std(0, ddof=1) / math.sqrt(len(series))
                 ax.fill_between(steps, mean - half, mean + half, color=f"C{i}", alpha=0.2, linewidth=0)
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("optimizer step", fontsize=8)
+            ax.set_xlabel("rollout (trainer step)", fontsize=8)
             ax.grid(alpha=0.3)
             drawn = True
     if not drawn:
         plt.close(fig)
         return None
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"mean over {len(plan.seeds)} seed(s), 95 % band; moving average of {window} steps", fontsize=10)
+    fig.suptitle(f"mean over {len(plan.seeds)} seed(s), 95 % band; moving average of {window} rollouts", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

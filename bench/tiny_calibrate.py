@@ -45,12 +45,12 @@ STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
 
 # name -> overrides of recipes/tiny/archer.yaml
 CONFIGS: dict[str, list[str]] = {
-    # the recipe as shipped: 3 operands in 0..20, half the SFT examples answer-only, SFT cosine over 3500 steps
+    # the recipe as shipped: 3 operands in 0..20, 30 % of SFT completions answer-only, SFT cosine over 3500 steps
     # stopped once validation greedy accuracy reaches 85 %
     "base": [],
-    "fixed2500": ["sft.steps=2500", "sft.target_accuracy=null"],  # a fixed 2500-step cosine, no early stop
+    "aof0.5": ["sft.answer_only_frac=0.5"],  # half the SFT completions answer-only (the previous recipe)
     "stop80": ["sft.target_accuracy=0.8"],
-    "aof0.3": ["sft.answer_only_frac=0.3"],
+    "fixed2500": ["sft.steps=2500", "sft.target_accuracy=null"],  # a fixed 2500-step cosine, no early stop
 }
 
 
@@ -192,33 +192,43 @@ SFT_COLUMNS = ("greedy", "t1_acc", "t1_worked", "t1_acc_worked", "t1_acc_answer_
 
 
 def table(configs: list[str], seeds: int, out: Path) -> str:
-    """Per configuration: validation probes at the end of SFT (mean over seeds) and the RL outcome on held-out."""
+    """Per configuration: SFT length, the RL outcome on held-out (means over seeds, worst seed), probe columns when
+    ``sft`` probed the warm starts (means over seeds at the last probed step)."""
     from archer.ablation import run_values
 
     rows = probe_rows(out)
-    head = ["config", "SFT steps", *SFT_COLUMNS, "avg@8 SFT → RL", "gain min / mean", "greedy SFT → RL", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    probed = any(r["config"] in configs for r in rows)
+    head = ["config", "SFT steps", "avg@8 SFT → RL", "avg@8 gain min / mean", "greedy SFT → RL", "greedy gain min"]
+    head += [*(f"probe {c}" for c in SFT_COLUMNS)] if probed else []
+    lines = ["| " + " | ".join(head + ["seeds"]) + " |", "|---" * (len(head) + 1) + "|"]
     for config in configs:
         the_plan = plan([config], seeds, out, 1)
-        warm = {r.warm_dir.name for r in the_plan.runs}
-        probes = [r for r in rows if r["warm"] in warm]
-        last = max((r["step"] for r in probes), default=None)
-        final = [r for r in probes if r["step"] == last]
-        cells = [f"{100 * statistics.mean(r[c] for r in final):.1f}" if final else "–" for c in SFT_COLUMNS]
-        done = [run_values(r.out_dir) for r in the_plan.runs if r.done]
+        finished = [r for r in the_plan.runs if r.done]
+        done = [run_values(r.out_dir) for r in finished]
+        sft_steps = [
+            json.loads((r.out_dir / "sft" / "sft_results.json").read_text())["sft"]["steps"] for r in finished
+        ]
         if done:
 
             def mean(key: str, done=done) -> float:
                 return statistics.mean(v[key] for v in done)
 
-            rl = [
+            cells = [
+                f"{statistics.mean(sft_steps):.0f} ({min(sft_steps)}–{max(sft_steps)})",
                 f"{mean('avg8_before'):.1f} → {mean('avg8_after'):.1f}",
                 f"{min(v['avg8_gain'] for v in done):+.1f} / {mean('avg8_gain'):+.1f}",
                 f"{statistics.mean(v['greedy_after'] - v['greedy_gain'] for v in done):.1f} → {mean('greedy_after'):.1f}",
+                f"{min(v['greedy_gain'] for v in done):+.1f}",
             ]
         else:
-            rl = ["–"] * 3
-        lines.append(f"| {config} | {last or '–'} | " + " | ".join(cells + rl) + f" | {len(final)} / {len(done)} |")
+            cells = ["–"] * 5
+        if probed:
+            warm = {r.warm_dir.name for r in the_plan.runs}
+            probes = [r for r in rows if r["warm"] in warm]
+            last = max((r["step"] for r in probes), default=None)
+            final = [r for r in probes if r["step"] == last]
+            cells += [f"{100 * statistics.mean(r[c] for r in final):.1f}" if final else "–" for c in SFT_COLUMNS]
+        lines.append(f"| {config} | " + " | ".join(cells) + f" | {len(done)} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from archer.data.arithmetic import THINK_CLOSE, THINK_OPEN, ArithmeticTask
 logger = logging.getLogger(__name__)
 
 # The evaluation suite of the embedded default (`make eval`): the paper's sampling protocol on the held-out set.
-TINY_SUITE = Path(__file__).resolve().parents[3] / "eval" / "suites" / "tiny.yaml"
+TINY_SUITE = "tiny"  # eval/suites/tiny.yaml, found through the package's assets (archer.resources)
 
 
 @dataclass
@@ -134,8 +134,9 @@ def sampled_heldout(model_dir: str | Path, suite: str | Path = TINY_SUITE) -> Sa
     The suite reads the task and the number of held-out problems from the folder's ``config.yaml``.
     """
     from archer.evaluation.runner import EvalRequest, evaluate
+    from archer.resources import resolve_yaml
 
-    out_dir, results = evaluate(EvalRequest(model=str(model_dir), suite=str(suite)))
+    out_dir, results = evaluate(EvalRequest(model=str(model_dir), suite=str(resolve_yaml(suite, "eval", "suites"))))
     (name, task), *others = results["tasks"].items()
     if others:
         logger.warning("suite %s has several tasks; the held-out figures come from %s", suite, name)

@@ -260,12 +260,14 @@ def warm_start_job(run: Run, threads: int, sft_callback=None) -> str:
 def train_job(run: Run, threads: int) -> str:
     """Copy the seed's warm start into the run folder and train (resuming from a checkpoint if one is there)."""
     _child_setup(run.log, threads)
+    from archer import run_folder
     from archer.commands.train import quiet_third_party
     from archer.training import SFT_DIR, run_training
 
     sft = run.out_dir / SFT_DIR
     if not sft.is_dir():
-        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if run_folder.read_run_id(run.out_dir) is None:
+            run_folder.start_run(run.out_dir)  # run.json first: the folder is this run's, not a stranger's
         shutil.copytree(run.warm_dir, run.out_dir / (SFT_DIR + ".tmp"), dirs_exist_ok=True)
         (run.out_dir / (SFT_DIR + ".tmp")).rename(sft)
     quiet_third_party()

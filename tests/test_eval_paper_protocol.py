@@ -90,17 +90,8 @@ def test_lcb_row_without_private_tests_grades_on_its_public_ones(tasks):
 
 def test_paper_suite_lists_the_papers_benchmarks_revisions_and_rules(tasks):
     suite = load_suite(ROOT / "eval" / "suites" / "paper.yaml", set(tasks))
-    by_task = {t.short_name: t for t in suite.tasks}
-    assert {name: t.k for name, t in by_task.items()} == {
-        "aime24": 64,
-        "aime25": 64,
-        "amc23": 64,
-        "math_500": 4,
-        "minerva": 8,
-        "olympiadbench": 4,
-        "lcb_v5": 8,
-        "lcb_v6": 16,
-    }
+    by_task = {t.short_name: t for t in suite.tasks}  # the tasks and their k: test_eval_suite.py
+    assert set(by_task) >= set(MATH_TASKS)
     assert suite.averages == {"math avg": MATH_TASKS}
     for name in MATH_TASKS:  # every math dataset pinned to a full commit sha
         revision = by_task[name].revision

@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archer.evaluation.backends import BackendOptions, Sampling, TransformersBackend  # noqa: E402
+from archer.evaluation.backends.base import BackendOptions, Sampling  # noqa: E402
+from archer.evaluation.backends.transformers import TransformersBackend  # noqa: E402
 from archer.evaluation.runner import encode_prompts, load_task_module, score_task  # noqa: E402
 from archer.evaluation.suite import load_suite  # noqa: E402
 

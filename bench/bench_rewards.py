@@ -1,7 +1,7 @@
 """Cost of the rewards: sandbox overhead per run, grading throughput over cores, math verification speed.
 
 The sandbox rows compare a trivial run three ways, interleaved: the sandbox as it is (per-run cgroup, seccomp
-filter, pid handshake, reaping), the sandbox before issue 13 (``archer/sandbox.py`` at BEFORE_COMMIT, loaded from
+filter, pid handshake, reaping), the sandbox before issue 13 (``archer/sandbox/runner.py`` at BEFORE_COMMIT, loaded from
 git; skipped outside a git checkout), and a bare subprocess.
 
 Rows (see bench/run.py for the contract): ours and the reference are timed alternately in this process after a
@@ -27,10 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archer import sandbox, sandbox_limits  # noqa: E402
 from archer.rewards import code as code_rewards  # noqa: E402
 from archer.rewards import math_reward  # noqa: E402
 from archer.rewards.math import check_pair, verify_many  # noqa: E402
+from archer.sandbox import limits as sandbox_limits  # noqa: E402
+from archer.sandbox import runner as sandbox  # noqa: E402
 
 logger = logging.getLogger("bench_rewards")
 BEFORE_COMMIT = "e40a2594e7e3fece7c0261682ffb49d3714051b4"  # main just before issue 13's sandbox hardening
@@ -59,7 +60,7 @@ def _sandbox_before() -> object | None:
     """The sandbox module as of BEFORE_COMMIT, read from git; None where git or that commit is missing."""
     try:
         source = subprocess.run(
-            ["git", "show", f"{BEFORE_COMMIT}:src/archer/sandbox.py"],
+            ["git", "show", f"{BEFORE_COMMIT}:src/archer/sandbox/runner.py"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -70,7 +71,7 @@ def _sandbox_before() -> object | None:
     spec = importlib.util.spec_from_loader("archer_sandbox_before", loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, f"{BEFORE_COMMIT[:7]}:src/archer/sandbox.py", "exec"), module.__dict__)
+    exec(compile(source, f"{BEFORE_COMMIT[:7]}:src/archer/sandbox/runner.py", "exec"), module.__dict__)
     return module
 
 

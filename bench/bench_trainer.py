@@ -65,7 +65,7 @@ def _trainers(
 
     from archer.data.arithmetic import ArithmeticTask
     from archer.rewards import math_reward
-    from archer.trainer import ArcherConfig, ArcherTrainer
+    from archer.training.trainer import ArcherConfig, ArcherTrainer
 
     common = dict(
         learning_rate=0.0,
@@ -127,10 +127,10 @@ def _step(trainer, batch, seed: int) -> float:
 
 def objective_calls(trainer, batch, seed: int) -> list[dict[str, Any]]:
     """The arguments (by name) of each ``compute_objective`` call that one training step of an ArcherTrainer makes."""
-    import archer.trainer
+    import archer.training.trainer
     from archer.objective import compute_objective
 
-    with mock.patch.object(archer.trainer, "compute_objective", wraps=compute_objective) as spy:
+    with mock.patch.object(archer.training.trainer, "compute_objective", wraps=compute_objective) as spy:
         _step(trainer, batch, seed)
     signature = inspect.signature(compute_objective)
     return [dict(signature.bind(*call.args, **call.kwargs).arguments) for call in spy.call_args_list]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archer.ablation import (
+from archer.ablation.runner import (
     README_BEGIN,
     README_END,
     Variant,

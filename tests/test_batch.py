@@ -1,11 +1,11 @@
-"""archer.batch: the paper's batch on any number of processes, and which rows each optimizer step trains on."""
+"""archer.training.batch: the paper's batch on any number of processes, and which rows each optimizer step trains on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from archer.batch import BatchError, resolve_batch, rollout_schedule
+from archer.training.batch import BatchError, resolve_batch, rollout_schedule
 
 PAPER = dict(per_device_train_batch_size=4, num_generations=16, responses_per_step=512, generation_batch_size=1024)
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from archer.card import card_data, load_run, read_eval_results, render_card, write_card
 from archer.cli import main
 from archer.errors import UserError
+from archer.publish.card import card_data, load_run, read_eval_results, render_card, write_card
 
 FIXTURE = Path(__file__).parent / "data" / "run_fixture"
 BASE_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

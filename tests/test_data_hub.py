@@ -1,4 +1,4 @@
-"""archer.data.hub: public training sets mapped onto the rewards' columns (offline, rows in each set's layout)."""
+"""archer.data.loaders: public training sets mapped onto the rewards' columns (offline, rows in each set's layout)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import datasets
 import pytest
 
-from archer.data.hub import (
+from archer.data.loaders import (
     LOADERS,
     MATH_INSTRUCTION,
     convert_dataset,

@@ -4,7 +4,8 @@ import pytest
 
 from archer.errors import UserError
 from archer.evaluation import backends
-from archer.evaluation.backends import BackendOptions, check_options, problem_seeds, select_backend
+from archer.evaluation.backends import check_options, select_backend
+from archer.evaluation.backends.base import BackendOptions, problem_seeds
 from archer.evaluation.runner import encode_prompts
 
 

@@ -108,8 +108,11 @@ def test_suite_mistakes_are_one_line_errors(tmp_path, tasks):
 
     for text, message in [
         ("defaults: {revision: abc}\ntasks: [aime24]", "defaults.revision: names one task's data"),
-        ("tasks: [{task: aime24, require_think_close: maybe}]", "require_think_close: expected auto, true or false"),
-        ("tasks: [{task: lcb_v5, code_budget_s: 0}]", "code_budget_s: expected a number of seconds > 0 or null"),
+        (
+            "tasks: [{task: aime24, require_think_close: maybe}]",
+            "require_think_close: expected bool or 'auto', got 'maybe'",
+        ),
+        ("tasks: [{task: lcb_v5, code_budget_s: 0}]", "code_budget_s=0.0: must be > 0"),
         ("tasks: [aime24, amc23]\naverages: {avg: [aime24, minerva]}", "'minerva' is not a task of this suite"),
         ("tasks: [aime24, amc23]\naverages: {avg: [aime24]}", "expected a list of two or more task names"),
     ]:

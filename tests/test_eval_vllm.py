@@ -12,13 +12,15 @@ import pytest
 from vllm_wheel import class_fields, find_wheel, init_params, method_params
 
 from archer.errors import UserError
-from archer.evaluation.backends import BackendOptions, Sampling, problem_seeds
+from archer.evaluation.backends.base import BackendOptions, Sampling, problem_seeds
 
 FAKE = Path(__file__).resolve().parent / "fake_vllm"
 
 
 def _forget_vllm() -> None:
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith(("vllm.", "archer.evaluation.vllm_engine"))]:
+    for name in [
+        m for m in sys.modules if m == "vllm" or m.startswith(("vllm.", "archer.evaluation.backends.vllm_engine"))
+    ]:
         del sys.modules[name]
 
 
@@ -47,7 +49,7 @@ def parse(text: str) -> dict[str, str]:
 def test_in_process_engine_gets_token_ids_and_a_seed_per_problem(fake_vllm):
     import vllm
 
-    from archer.evaluation.backends_vllm import VLLMBackend
+    from archer.evaluation.backends.vllm import VLLMBackend
 
     options = BackendOptions(tensor_parallel_size=2, max_model_length=34816, seed=7, gpu_memory_utilization=0.8)
     backend = VLLMBackend(str(fake_vllm), options)
@@ -78,7 +80,7 @@ def test_in_process_engine_gets_token_ids_and_a_seed_per_problem(fake_vllm):
 
 
 def test_data_parallel_engines_split_the_work_and_give_the_same_samples(fake_vllm, monkeypatch):
-    from archer.evaluation.backends_vllm import VLLMBackend
+    from archer.evaluation.backends.vllm import VLLMBackend
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,7")
     prompts = [[i] for i in range(5)]
@@ -106,7 +108,7 @@ def test_data_parallel_engines_split_the_work_and_give_the_same_samples(fake_vll
 
 
 def test_data_parallel_needs_enough_gpus(fake_vllm, monkeypatch):
-    from archer.evaluation.backends_vllm import VLLMBackend
+    from archer.evaluation.backends.vllm import VLLMBackend
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     with pytest.raises(UserError, match="--data-parallel-size 3 x --tensor-parallel-size 2 needs 6 GPUs; 4 visible"):
@@ -114,7 +116,7 @@ def test_data_parallel_needs_enough_gpus(fake_vllm, monkeypatch):
 
 
 def test_an_engine_that_fails_to_start_is_reported_and_the_others_stopped(fake_vllm, monkeypatch):
-    from archer.evaluation import backends_vllm
+    from archer.evaluation.backends import vllm as backends_vllm
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setattr(backends_vllm, "_engine_args", lambda model, options: {**_args(), "model": "broken"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archer.sandbox import sandbox_available
+from archer.sandbox.runner import sandbox_available
 
 evaluate = pytest.importorskip("evaluate", reason="evaluate is installed by `make install` (setup.cfg)")
 

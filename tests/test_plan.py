@@ -1,4 +1,4 @@
-"""archer.plan: parameter counts against transformers, batch arithmetic against TRL, memory estimate, errors."""
+"""archer.planning (model shape, memory) and the batch plan: parameter counts against transformers, batch arithmetic against TRL, memory estimate, errors."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from trl import GRPOConfig
 
 from archer.errors import UserError
-from archer.plan import (
-    GIB,
-    MODEL_CONFIGS,
-    ModelShape,
-    config_file_for,
-    estimate_memory,
-    load_model_shape,
-    plan_batches,
-    vllm_sequences_in_cache,
-)
+from archer.planning.memory import GIB, estimate_memory, vllm_sequences_in_cache
+from archer.planning.model_shape import MODEL_CONFIGS, ModelShape, config_file_for, load_model_shape
+from archer.training.batch import plan_batches
 
 SHIPPED = ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen3-4B"]
 

@@ -1,4 +1,4 @@
-"""archer.precision: fp32 master weights wherever the optimizer is not DeepSpeed's, read off the launch."""
+"""archer.planning.precision: fp32 master weights wherever the optimizer is not DeepSpeed's, read off the launch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DeepSpeedPlugin
 
-from archer.precision import deepspeed_mixed_precision, plan_precision
+from archer.planning.precision import deepspeed_mixed_precision, plan_precision
 
 
 def _args(plugin, bf16=True):

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, Tr
 
 from archer.cli import main
 from archer.errors import UserError
-from archer.hub import CheckpointPusher, push_run, select_checkpoint_files, select_run_files
+from archer.publish.hub import CheckpointPusher, push_run, select_checkpoint_files, select_run_files
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Files a checkpoint or run folder may hold that must never reach the Hub.
@@ -271,7 +271,7 @@ def test_checkpoint_pusher_logs_failures_without_raising(hub, tmp_path, tiny_mod
     args = TrainingArguments(output_dir=str(output_dir), report_to=[])
     pusher = CheckpointPusher("org/ckpt", token="hf_wrong", endpoint=hub.endpoint)
     _save_checkpoint(output_dir, 3, tiny_model_dir)
-    with caplog.at_level(logging.ERROR, logger="archer.hub"):
+    with caplog.at_level(logging.ERROR, logger="archer.publish.hub"):
         pusher.on_save(args, TrainerState(global_step=3), TrainerControl())
         pusher.on_train_end(args, TrainerState(global_step=3), TrainerControl())
     assert list(pusher.errors) == [3] and isinstance(pusher.errors[3], UserError)

@@ -105,13 +105,13 @@ def test_command_line_overrides(tmp_path):
         ),
         (lambda r: r["trainer"].update(auto_find_batch_size=True), "trainer: auto_find_batch_size is not supported"),
         # `X | None` fields are type-checked like the others
-        (lambda r: r["trainer"].update(bf16="yes please"), r"trainer.bf16: expected bool \| None, got 'yes please'"),
-        (lambda r: r["trainer"].update(save_total_limit="3"), r"trainer.save_total_limit: expected int \| None"),
+        (lambda r: r["trainer"].update(bf16="yes please"), r"trainer.bf16: expected bool or null, got 'yes please'"),
+        (lambda r: r["trainer"].update(save_total_limit="3"), r"trainer.save_total_limit: expected int or null"),
         (
             lambda r: r["trainer"].update(lr_scheduler_type="sometimes"),
             "trainer: sometimes is not a valid SchedulerType",
         ),
-        (lambda r: r["model"].update(cpu_threads=[1]), r"model.cpu_threads: expected int \| None"),
+        (lambda r: r["model"].update(cpu_threads=[1]), r"model.cpu_threads: expected int or null"),
         (lambda r: r["model"].update(tiny={"hiden_size": 64}), "model.tiny.hiden_size: unknown key"),
         (lambda r: r["model"].update(tiny={"hidden_size": "big"}), "model.tiny.hidden_size: expected int"),
         (lambda r: r["data"].update(task={"max_operand": "x"}), "data.task.max_operand"),

@@ -13,7 +13,9 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from archer.errors import UserError
-from archer.plan import describe, load_recipe_for_plan, plan_recipe
+from archer.planning.dry_run import describe
+from archer.recipe import load_recipe_for_plan
+from archer.training.batch import plan_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")

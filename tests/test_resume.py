@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from archer import run_folder
-from archer.callbacks import MetricsFileCallback
 from archer.errors import UserError
 from archer.files import append_line, atomic_write_text, read_jsonl
+from archer.training import run_folder
+from archer.training.callbacks import MetricsFileCallback
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"  # 4 steps (rollouts), a checkpoint every 2

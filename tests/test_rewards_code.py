@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from archer import sandbox
 from archer.errors import UserError
 from archer.rewards import (
     REWARD_FUNCS,
@@ -25,7 +24,8 @@ from archer.rewards import (
     normalize_tests,
 )
 from archer.rewards.livecodebench import functional_matches, stdout_matches
-from archer.sandbox import SandboxUnavailable, sandbox_available
+from archer.sandbox import runner as sandbox
+from archer.sandbox.runner import SandboxUnavailable, sandbox_available
 
 PROBLEMS = {p["question_id"]: p for p in json.loads((Path(__file__).parent / "data/code/problems.json").read_text())}
 _skip_without_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")

@@ -108,7 +108,7 @@ def test_an_unrenderable_template_asks_for_an_explicit_setting(with_template):
 
 
 def _rewards(recipe_path: Path, tokenizer, *overrides: str):
-    from archer.training import reward_funcs
+    from archer.training.pipeline import reward_funcs
 
     recipe = load_recipe(recipe_path, list(overrides))
     return recipe, reward_funcs(recipe, tokenizer)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from archer import sandbox
-from archer.sandbox import SandboxUnavailable, run_python, sandbox_available
+from archer.sandbox import runner as sandbox
+from archer.sandbox.runner import SandboxUnavailable, run_python, sandbox_available
 
 needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
 pytestmark = pytest.mark.sandbox

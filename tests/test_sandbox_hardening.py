@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from archer import sandbox, sandbox_limits, sandbox_seccomp
-from archer.sandbox import run_python, sandbox_available
+from archer.sandbox import limits as sandbox_limits
+from archer.sandbox import runner as sandbox
+from archer.sandbox import seccomp as sandbox_seccomp
+from archer.sandbox.runner import run_python, sandbox_available
 
 needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
 pytestmark = [pytest.mark.sandbox, needs_bwrap]
@@ -117,7 +119,7 @@ def test_limits_in_force_are_named_in_one_line(
     monkeypatch.setattr(sandbox_limits, "_LIMITS", None)
     monkeypatch.setenv("ARCHER_SANDBOX_CGROUP", "0")
     assert sandbox_limits.run_limits() == sandbox_limits.measured_only()
-    (record,) = [r for r in caplog.records if r.name == "archer.sandbox_limits"]
+    (record,) = [r for r in caplog.records if r.name == "archer.sandbox.limits"]
     assert record.levelname == "WARNING" and "memory measured every 20 ms" in record.message
     assert "RLIMIT_NPROC" in record.message and "\n" not in record.message
 
@@ -129,7 +131,7 @@ _SUBREAPER_SCRIPT = """
 import ctypes, json, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: orphans of our children become ours
-from archer import sandbox
+from archer.sandbox import runner as sandbox
 runs = int(sys.argv[1])
 for i in range(runs):
     assert sandbox.run_python(f"print({i})").stdout == f"{i}\\n"

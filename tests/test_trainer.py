@@ -18,7 +18,7 @@ from trl import GRPOConfig
 from archer.errors import UserError
 from archer.objective import compute_objective
 from archer.recipe import load_recipe
-from archer.trainer import OBJECTIVE_OWNS, ArcherConfig, ArcherTrainer
+from archer.training.trainer import OBJECTIVE_OWNS, ArcherConfig, ArcherTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"
@@ -192,7 +192,7 @@ def test_a_bfloat16_recipe_keeps_fp32_master_weights(tiny_model_dir, tmp_path, m
     # The paper recipes load bfloat16; outside DeepSpeed AdamW would then update bf16 weights, where a 1e-6 step
     # is lost to rounding for almost every weight. The model must load in float32 (bf16 only as autocast).
     from archer.data.arithmetic import ArithmeticTask
-    from archer.training import _build_trainer
+    from archer.training.pipeline import _build_trainer
 
     recipe = tmp_path / "recipe.yaml"
     trainer_block = dict(
@@ -208,7 +208,7 @@ def test_a_bfloat16_recipe_keeps_fp32_master_weights(tiny_model_dir, tmp_path, m
         "trainer": trainer_block,
     }))  # fmt: skip
     # an untrained model scores 0 on arithmetic (an all-uniform rollout makes no update): reward parity instead
-    monkeypatch.setattr("archer.training.reward_funcs", lambda recipe, tokenizer=None: [parity_reward])
+    monkeypatch.setattr("archer.training.pipeline.reward_funcs", lambda recipe, tokenizer=None: [parity_reward])
     trainer = _build_trainer(load_recipe(recipe), str(tiny_model_dir), ArithmeticTask().dataset(64, seed=1), "r1")
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     assert all(v.dtype == torch.float32 for v in before.values())

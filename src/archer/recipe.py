@@ -6,7 +6,7 @@ A recipe has the blocks ``model``, ``data``, ``objective``, ``trainer`` and, for
     data:    {dataset: arithmetic | <hub id> | <folder>, rewards: [math], ...}
     sft:     {steps: 2500, ...}                 # warm start of the tiny model (archer.tiny.SFTConfig)
     objective: {preset: archer, ...overrides}   # archer.objective.ObjectiveConfig fields
-    trainer: {...}                              # archer.trainer.ArcherConfig (TRL GRPOConfig) fields
+    trainer: {...}                              # archer.training.trainer.ArcherConfig (TRL GRPOConfig) fields
 
 Every problem (a file that is missing, too large or not UTF-8, bad YAML, an unknown key, a wrong type, a value out of
 range, a missing model or data path, batch arithmetic that cannot work, an output folder that cannot be one) raises
@@ -17,10 +17,7 @@ built. The checks that need the whole recipe are the functions in ``RECIPE_CHECK
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +25,12 @@ from typing import Any
 
 from archer.errors import UserError, one_line
 from archer.files import parse_yaml, read_model_config, read_yaml_file, short
+from archer.schema import FRACTION, NON_NEGATIVE, POSITIVE, Limit, at_least, build_dataclass
 
 BLOCKS = ("model", "data", "sft", "objective", "trainer")
 TINY = "tiny"
 BUILTIN_DATASETS = ("arithmetic",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-Limit = tuple[Callable[[Any], bool], str]  # (check, what is valid) of a numeric field
 
 
 @dataclass
@@ -79,7 +76,8 @@ class DataArgs:
         metadata={"help": f"A built-in generated task {BUILTIN_DATASETS}, a Hub dataset id, or a local path."},
     )
     loader: str | None = field(
-        default=None, metadata={"help": "Column mapping in archer.data.hub (guessed from the dataset id when unset)."}
+        default=None,
+        metadata={"help": "Column mapping in archer.data.loaders (guessed from the dataset id when unset)."},
     )
     config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     split: str = field(default="train", metadata={"help": "Dataset split to train on."})
@@ -146,7 +144,7 @@ class Recipe:
     path: Path
     model: ModelArgs
     data: DataArgs
-    trainer: Any  # archer.trainer.ArcherConfig (holds the objective preset and overrides)
+    trainer: Any  # archer.training.trainer.ArcherConfig (holds the objective preset and overrides)
     sft: Any | None  # archer.tiny.SFTConfig
     raw: dict[str, Any]
 
@@ -203,7 +201,7 @@ def build_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     data = build_dataclass(DataArgs, raw.get("data") or {}, path, "data")
 
     from archer.objective import ObjectiveConfig
-    from archer.trainer import ArcherConfig, trainer_block_problem
+    from archer.training.trainer import ArcherConfig, trainer_block_problem
 
     objective = dict(raw.get("objective") or {})
     preset = objective.pop("preset", "archer")
@@ -233,6 +231,19 @@ def build_recipe(raw: dict[str, Any], path: Path) -> Recipe:
 
         sft = build_dataclass(SFTConfig, raw["sft"], path, "sft")
     return Recipe(path=path, model=model, data=data, trainer=trainer, sft=sft, raw=raw)
+
+
+def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """:func:`archer.recipe.load_recipe` for ``--dry-run`` on any machine: a GPU recipe (bf16) parses on a CPU-only
+    machine, where TrainingArguments would otherwise refuse bf16 before anything is planned."""
+    import transformers.training_args as training_args
+
+    check = training_args.is_torch_bf16_gpu_available
+    training_args.is_torch_bf16_gpu_available = lambda *a, **k: True
+    try:
+        return load_recipe(path, overrides)
+    finally:
+        training_args.is_torch_bf16_gpu_available = check
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,7 +285,7 @@ def check_model_source(recipe: Recipe) -> None:
 def check_data_source(recipe: Recipe) -> None:
     """Rewards and loader exist; built-in task settings build and keep training draws off the held-out set; local
     data paths exist."""
-    from archer.data.hub import LOADERS, PREPARED
+    from archer.data.loaders import LOADERS, PREPARED
     from archer.rewards import REWARD_FUNCS
 
     path, data = recipe.path, recipe.data
@@ -295,7 +306,7 @@ def check_data_source(recipe: Recipe) -> None:
 
 def check_batches(recipe: Recipe) -> None:
     """The batch arithmetic of this launch's world size (the plan ``--dry-run`` prints)."""
-    from archer.plan import plan_recipe
+    from archer.training.batch import plan_recipe
 
     try:
         plan_recipe(recipe)
@@ -324,24 +335,17 @@ RECIPE_CHECKS: list[Check] = [check_length, check_model_source, check_data_sourc
 # Typed blocks
 
 
-def _at_least(low: float) -> Limit:
-    return (lambda v: v >= low, f">= {low}")
-
-
-POSITIVE: Limit = (lambda v: v > 0, "> 0")
-NON_NEGATIVE: Limit = (lambda v: v >= 0, ">= 0")
-FRACTION: Limit = (lambda v: 0 < v <= 1, "in (0, 1]")
 # Ranges of trainer fields that TRL / transformers do not check themselves (or check only after building models).
 TRAINER_LIMITS: dict[str, Limit] = {
-    "per_device_train_batch_size": _at_least(1),
-    "per_device_eval_batch_size": _at_least(1),
-    "gradient_accumulation_steps": _at_least(1),
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1),
     "num_generations": (lambda v: v >= 2, ">= 2 (advantages compare the responses to one prompt)"),
     "num_generations_eval": (lambda v: v >= 2, ">= 2"),
-    "generation_batch_size": _at_least(1),
-    "steps_per_generation": _at_least(1),
-    "num_iterations": _at_least(1),
-    "max_completion_length": _at_least(1),
+    "generation_batch_size": at_least(1),
+    "steps_per_generation": at_least(1),
+    "num_iterations": at_least(1),
+    "max_completion_length": at_least(1),
     "max_steps": (lambda v: v >= 1 or v == -1, ">= 1 (or -1 with num_train_epochs)"),
     "num_train_epochs": POSITIVE,
     "learning_rate": NON_NEGATIVE,
@@ -356,116 +360,11 @@ TRAINER_LIMITS: dict[str, Limit] = {
     "repetition_penalty": POSITIVE,
     "save_steps": POSITIVE,
     "logging_steps": POSITIVE,
-    "save_total_limit": _at_least(1),
+    "save_total_limit": at_least(1),
     "seed": NON_NEGATIVE,
     "vllm_gpu_memory_utilization": FRACTION,
     "dataloader_num_workers": NON_NEGATIVE,
 }
-
-
-def build_dataclass(
-    cls: type, block: dict[str, Any], path: Path, where: str, limits: dict[str, Limit] | None = None
-) -> Any:
-    """Build ``cls(**block)``: unknown keys, wrong types and values outside ``limits`` become one-line UserErrors
-    naming ``where.key``; so do the errors the class's own ``__post_init__`` raises."""
-    if not isinstance(block, dict):
-        raise UserError(f"{path}: {where}: expected a mapping, got {short(block)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in block.items():
-        if key not in fields:
-            close = [n for n in fields if n.startswith(str(key)[:4])][:5]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(
-                f"{path}: {where}.{one_line(key, 40)}: unknown key{hint}; see {cls.__module__}.{cls.__name__}"
-            )
-        try:
-            values[key] = _coerce(value, hints.get(key, Any))
-        except TypeError as err:
-            raise UserError(f"{path}: {where}.{key}: {err}") from None
-        if key in (limits or {}) and values[key] is not None:
-            check, valid = limits[key]
-            if not check(values[key]):
-                raise UserError(f"{path}: {where}.{key}={short(values[key])}: must be {valid}")
-    try:
-        return cls(**values)
-    except (ValueError, TypeError, ArithmeticError, UserError) as err:
-        message = one_line(err)
-        named = message if message.startswith(f"{where}: ") else f"{where}: {message}"  # batch errors name it
-        raise UserError(f"{path}: {named}") from None
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Check ``value`` against a type hint; numeric strings become numbers (YAML reads ``1e-6`` as a string)."""
-    if hint is Any:
-        return value
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"expected null, got {short(value)}")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in args:
-            try:
-                return _coerce(value, option)
-            except TypeError:
-                continue
-        raise TypeError(f"expected {_name(hint)}, got {short(value)}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise TypeError(f"expected one of {list(args)}, got {short(value)}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif origin in (list, tuple) or hint in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            if origin is list and args:
-                return [_coerce(v, args[0]) for v in value]
-            if origin is tuple and args and args[-1] is not Ellipsis:
-                if len(value) != len(args):
-                    raise TypeError(f"expected {len(args)} values, got {short(value)}")
-                return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
-            return list(value) if (origin or hint) is list else tuple(value)
-    elif origin is dict or hint is dict:
-        if isinstance(value, dict):
-            if len(args) == 2:
-                return {k: _coerce(v, args[1]) for k, v in value.items()}
-            return value
-    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
-        if isinstance(value, hint):
-            return value
-        choices = [member.value for member in hint]
-        if value in choices:
-            return value
-        raise TypeError(f"expected one of {short(choices, 200)}, got {short(value)}")
-    elif isinstance(hint, type):
-        if isinstance(value, hint):
-            return value
-    else:
-        return value  # typing constructs this parser does not know: left to the dataclass's own checks
-    raise TypeError(f"expected {_name(hint)}, got {short(value)} ({type(value).__name__})")
-
-
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:

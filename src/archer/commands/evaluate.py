@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.evaluation.backends import BackendOptions
+    from archer.evaluation.backends.base import BackendOptions
     from archer.evaluation.runner import EvalRequest, evaluate
 
     for flag in ("limit", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_concurrency"):

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     args.recipe = resolve_yaml(args.recipe, "recipes")
     if args.dry_run:
-        from archer.plan import describe, load_recipe_for_plan
+        from archer.planning.dry_run import describe
+        from archer.recipe import load_recipe_for_plan
 
         recipe = load_recipe_for_plan(args.recipe, args.overrides)
         print(describe(recipe, num_processes=args.num_processes, zero_stage=args.zero_stage))
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from archer.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    from archer.training import run_training
+    from archer.training.pipeline import run_training
 
     quiet_third_party()
     summary = run_training(recipe, resume=not args.no_resume)

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", help="folder to write the kept problems to (must not exist)")
     parser.add_argument("--model", required=True, help="the model to filter against (Hub id or folder)")
     parser.add_argument("--reward", required=True, choices=("math", "code"), help="how answers are scored")
-    parser.add_argument("--loader", default=None, help="archer.data.hub loader (guessed from the Hub id)")
+    parser.add_argument("--loader", default=None, help="archer.data.loaders loader (guessed from the Hub id)")
     parser.add_argument("--config", default=None, help="dataset configuration name")
     parser.add_argument("--split", default="train")
     parser.add_argument("--num-examples", type=int, default=None, help="filter only the first N problems")
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from archer.data.hub import LOADERS, PREPARED, convert_dataset, guess_loader, read_dataset
+    from archer.data.loaders import LOADERS, PREPARED, convert_dataset, guess_loader, read_dataset
     from archer.rewards import get_reward_func, resolve_require_think_close
 
     output = Path(args.output)

@@ -18,14 +18,8 @@ from types import ModuleType
 from typing import Any
 
 from archer.errors import UserError
-from archer.evaluation.backends import (
-    Backend,
-    BackendOptions,
-    Sampling,
-    check_options,
-    load_backend,
-    select_backend,
-)
+from archer.evaluation.backends import check_options, load_backend, select_backend
+from archer.evaluation.backends.base import Backend, BackendOptions, Sampling
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
@@ -184,7 +178,7 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         revision = (spec.revision or config.hf_revision) if from_hub else None
         prepared.append(PreparedTask(spec, docs, dataset, revision))
     if any(_has_code(task.docs) for task in prepared):
-        from archer.sandbox import ensure_sandbox
+        from archer.sandbox.runner import ensure_sandbox
 
         ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
     return prepared

@@ -2,47 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from archer.errors import UserError
 from archer.files import read_yaml_file
 from archer.resources import asset, packaged_names, resolve_yaml, tasks_module
+from archer.schema import FRACTION, NON_NEGATIVE, POSITIVE, Limit, at_least, build_dataclass, check_field
 
 TASK_PREFIX = "archer:"
 PROMPT_STYLES = ("chat", "raw")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-# key -> (check, what is valid, default); shared by the suite's ``defaults`` block and each task entry.
-PROTOCOL_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
-    "k": (_positive_int, "a positive integer", 1),
-    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0", 0.8),
-    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]", 1.0),
-    "max_new_tokens": (_positive_int, "a positive integer", 32768),
-    "prompt_style": (lambda v: v in PROMPT_STYLES, f"one of {', '.join(PROMPT_STYLES)}", "chat"),
-    "pass_k": (
-        lambda v: isinstance(v, list) and all(_positive_int(x) for x in v),
-        "a list of positive integers",
-        [],
-    ),
-    "limit": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
-    "data": (lambda v: v is None or isinstance(v, str), "a path (string) or null", None),
-    "revision": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a dataset commit sha, tag or null", None),
-    "require_think_close": (lambda v: v is True or v is False or v == "auto", "auto, true or false", "auto"),
-    # LiveCodeBench's protocol: 6 s per test, no cap on a completion's total (archer.rewards.code)
-    "code_timeout_s": (lambda v: _number(v) and v > 0, "a number of seconds > 0", 6.0),
-    "code_budget_s": (lambda v: v is None or (_number(v) and v > 0), "a number of seconds > 0 or null", None),
-    "code_memory_mb": (lambda v: v is None or _positive_int(v), "a positive integer or null", None),
+# Ranges the field types do not say (shared by the suite's ``defaults`` block and each task entry).
+TASK_LIMITS: dict[str, Limit] = {
+    "k": at_least(1),
+    "temperature": NON_NEGATIVE,
+    "top_p": FRACTION,
+    "max_new_tokens": at_least(1),
+    "pass_k": (lambda v: all(j >= 1 for j in v), "a list of positive integers"),
+    "limit": at_least(1),
+    "code_timeout_s": POSITIVE,
+    "code_budget_s": POSITIVE,
+    "code_memory_mb": at_least(1),
 }
 PER_DATASET_KEYS = ("data", "revision")  # name one task's data: never in ``defaults``
 SUITES = ("eval", "suites")  # where the packaged suites live (archer.resources)
@@ -51,26 +36,35 @@ SUITE_KEYS = {"name", "description", "module", "seed", "defaults", "tasks", "ave
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of a suite with its resolved protocol."""
+    """One task of a suite with its resolved protocol (the defaults are the paper's sampling)."""
 
     task: str = field(metadata={"help": "lighteval task name, e.g. 'archer:aime24'"})
-    k: int = field(metadata={"help": "samples per problem (avg@k, pass@k)"})
-    temperature: float = field(metadata={"help": "sampling temperature (0: greedy, needs k = 1)"})
-    top_p: float = field(metadata={"help": "nucleus sampling mass"})
-    max_new_tokens: int = field(metadata={"help": "generation budget per sample"})
-    prompt_style: str = field(metadata={"help": "'chat': the model's chat template; 'raw': the prompt as is"})
+    k: int = field(default=1, metadata={"help": "samples per problem (avg@k, pass@k)"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature (0: greedy, needs k = 1)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    max_new_tokens: int = field(default=32768, metadata={"help": "generation budget per sample"})
+    prompt_style: Literal["chat", "raw"] = field(
+        default="chat", metadata={"help": "'chat': the model's chat template; 'raw': the prompt as is"}
+    )
     pass_k: tuple[int, ...] = field(default=(), metadata={"help": "extra j < k for which pass@j is reported"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N problems"})
     data: str | None = field(default=None, metadata={"help": "local data file or dataset folder"})
     revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit sha) to load"})
-    require_think_close: bool | str = field(
+    require_think_close: bool | Literal["auto"] = field(
         default="auto", metadata={"help": "a completion without </think> scores 0; auto: the chat template decides"}
     )
+    # LiveCodeBench's protocol: 6 s per test, no cap on a completion's total (archer.rewards.code)
     code_timeout_s: float = field(default=6.0, metadata={"help": "sandbox time limit per test"})
     code_budget_s: float | None = field(
         default=None, metadata={"help": "cap on the sum of one completion's test run times (null: none)"}
     )
     code_memory_mb: int | None = field(default=None, metadata={"help": "sandbox memory limit"})
+
+    def __post_init__(self) -> None:
+        if self.temperature == 0 and self.k > 1:
+            raise ValueError(f"k={self.k} needs sampling (temperature > 0); greedy decoding needs k=1")
+        if too_big := [j for j in self.pass_k if j > self.k]:
+            raise ValueError(f"pass_k: {too_big[0]} exceeds k={self.k}")
 
     @property
     def short_name(self) -> str:
@@ -97,13 +91,6 @@ class Suite:
     )
 
 
-def _check(where: str, key: str, value: Any) -> Any:
-    check, valid, _ = PROTOCOL_KEYS[key]
-    if not check(value):
-        raise UserError(f"{where}.{key}: expected {valid}, got {value!r}")
-    return value
-
-
 def _mapping(where: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UserError(f"{where}: expected a mapping, got {value!r}")
@@ -121,44 +108,32 @@ def load_suite(path: str | Path, known_tasks: Collection[str] | None = None) -> 
     if unknown := sorted(set(raw) - SUITE_KEYS):
         raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
 
-    defaults = {key: spec[2] for key, spec in PROTOCOL_KEYS.items()}
-    given = _mapping(f"{path}: defaults", raw.get("defaults") or {})
-    for key, value in given.items():
-        if key not in PROTOCOL_KEYS:
-            raise UserError(f"{path}: defaults.{key}: unknown key; valid: {', '.join(PROTOCOL_KEYS)}")
+    defaults: dict[str, Any] = {}
+    for key, value in _mapping(f"{path}: defaults", raw.get("defaults") or {}).items():
         if key in PER_DATASET_KEYS:
             raise UserError(f"{path}: defaults.{key}: names one task's data; set it in that task's entry")
-        defaults[key] = _check(f"{path}: defaults", key, value)
+        if key == "task":
+            raise UserError(f"{path}: defaults.task: tasks are named in the tasks list")
+        defaults[key] = check_field(TaskSpec, key, value, path, "defaults", TASK_LIMITS)
 
     entries = raw.get("tasks")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: tasks: expected a non-empty list of {{task: NAME, k: N, ...}}, got {entries!r}")
     tasks = []
     for i, entry in enumerate(entries):
-        where = f"{path}: tasks[{i}]"
-        entry = _mapping(where, {"task": entry} if isinstance(entry, str) else entry)
+        where = f"tasks[{i}]"
+        entry = _mapping(f"{path}: {where}", {"task": entry} if isinstance(entry, str) else entry)
         name = entry.get("task")
         if not isinstance(name, str):
-            raise UserError(f"{where}.task: expected a task name, got {name!r}")
+            raise UserError(f"{path}: {where}.task: expected a task name, got {name!r}")
         full = name if name.startswith(TASK_PREFIX) else TASK_PREFIX + name
         if known_tasks is not None and full not in known_tasks:
             valid = ", ".join(sorted(t.removeprefix(TASK_PREFIX) for t in known_tasks))
-            raise UserError(f"{where}.task: unknown task {name!r}; valid: {valid}")
-        values = dict(defaults)
-        for key, value in entry.items():
-            if key == "task":
-                continue
-            if key not in PROTOCOL_KEYS:
-                raise UserError(f"{where}.{key}: unknown key; valid: task, {', '.join(PROTOCOL_KEYS)}")
-            values[key] = _check(where, key, value)
-        if values["temperature"] == 0 and values["k"] > 1:
-            raise UserError(f"{where}: k={values['k']} needs sampling (temperature > 0); greedy decoding needs k=1")
-        if too_big := [j for j in values["pass_k"] if j > values["k"]]:
-            raise UserError(f"{where}.pass_k: {too_big[0]} exceeds k={values['k']}")
-        if values["data"] is not None:
-            values["data"] = str((path.parent / values["data"]).resolve())
-        values["pass_k"] = tuple(values["pass_k"])
-        tasks.append(TaskSpec(task=full, **values))
+            raise UserError(f"{path}: {where}.task: unknown task {name!r}; valid: {valid}")
+        spec = build_dataclass(TaskSpec, {**defaults, **entry, "task": full}, path, where, TASK_LIMITS)
+        if spec.data is not None:
+            spec = dataclasses.replace(spec, data=str((path.parent / spec.data).resolve()))
+        tasks.append(spec)
 
     if len({t.task for t in tasks}) != len(tasks):
         raise UserError(f"{path}: tasks: a task is listed twice")

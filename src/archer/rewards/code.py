@@ -23,10 +23,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from archer import sandbox
 from archer.errors import UserError
 from archer.rewards.extract import completion_text, extract_code
 from archer.rewards.livecodebench import build_program, functional_matches, normalize_tests, stdout_matches
+from archer.sandbox import runner as sandbox
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from archer.errors import UserError
-from archer.sandbox import REPORT_FD
+from archer.sandbox.runner import REPORT_FD
 
 TEST_TYPES = ("stdin", "functional")
 _MAX_DECODED_BYTES = 1 << 30  # a compressed test field inflating past this is refused (a zip bomb, not tests)

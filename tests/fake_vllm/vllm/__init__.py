@@ -1,4 +1,4 @@
-"""A stand-in for the few names of vLLM 0.30 that ``archer.evaluation.vllm_engine`` uses (tests only; no GPU).
+"""A stand-in for the few names of vLLM 0.30 that ``archer.evaluation.backends.vllm_engine`` uses (tests only; no GPU).
 
 Signatures accept exactly the keywords archer passes, under vLLM's names; ``tests/test_eval_vllm.py`` checks every
 name here against the pinned vLLM wheel. ``LLM.generate`` writes, as each completion's text, what it was asked:

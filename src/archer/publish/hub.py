@@ -163,7 +163,7 @@ def push_files(
     and a push that changes nothing creates no commit.
     """
     if not files:
-        raise UserError(f"{folder}: nothing to push (no file passes the allow / deny patterns of archer.hub)")
+        raise UserError(f"{folder}: nothing to push (no file passes the allow / deny patterns of archer.publish.hub)")
     api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
     with _hub_errors(api, repo_id):
@@ -195,7 +195,7 @@ def push_run(
     base_results: str | os.PathLike | None = None,
 ) -> PushResult:
     """Render the run's model card, then push the model, tokenizer, card, configs, metrics and plots."""
-    from archer.card import write_card  # the card pulls in jinja2 and the eval reader: only when pushing a run
+    from archer.publish.card import write_card  # the card pulls in jinja2 and the eval reader: only when pushing a run
 
     run_dir = Path(run_dir)
     check_repo_id(repo_id)

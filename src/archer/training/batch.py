@@ -19,12 +19,18 @@ mini-batch (TRL's default).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from archer.errors import UserError
+
+if TYPE_CHECKING:
+    from archer.recipe import Recipe
 
 
 class BatchError(UserError, ValueError):
@@ -170,3 +176,95 @@ def rollout_schedule(
         micros = [mine[i * micro_batch : (i + 1) * micro_batch] for i in range(count)]
         steps.append(micros)
     return [micros for _ in range(num_iterations) for micros in steps]
+
+
+@dataclass(frozen=True)
+class BatchPlan(Batch):
+    """A recipe's :class:`archer.training.batch.Batch` plus the lengths that bound the tokens of an optimizer step."""
+
+    max_prompt_length: int | None
+    max_completion_length: int
+
+    @property
+    def responses_per_optimizer_step(self) -> int:
+        return self.responses_per_step
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        return None if self.max_prompt_length is None else self.max_prompt_length + self.max_completion_length
+
+    @property
+    def tokens_per_optimizer_step(self) -> int:
+        """Upper bound: every response at full length (prompt included when its bound is known)."""
+        return self.responses_per_step * (self.max_sequence_length or self.max_completion_length)
+
+
+def plan_batches(
+    *,
+    num_processes: int,
+    per_device_train_batch_size: int,
+    num_generations: int,
+    max_completion_length: int,
+    responses_per_step: int | None = None,
+    gradient_accumulation_steps: int = 1,
+    generation_batch_size: int | None = None,
+    steps_per_generation: int | None = None,
+    num_iterations: int = 1,
+    max_prompt_length: int | None = None,
+) -> BatchPlan:
+    """Resolve the batch as the trainer does (:func:`archer.training.batch.resolve_batch`), and reject what cannot run."""
+    if max_completion_length < 1:
+        raise UserError(f"trainer.max_completion_length={max_completion_length}: must be >= 1")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise UserError(f"max prompt length {max_prompt_length}: must be >= 1")
+    batch = resolve_batch(
+        num_processes=num_processes,
+        per_device_train_batch_size=per_device_train_batch_size,
+        num_generations=num_generations,
+        responses_per_step=responses_per_step,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        generation_batch_size=generation_batch_size,
+        steps_per_generation=steps_per_generation,
+        num_iterations=num_iterations,
+    )
+    return BatchPlan(
+        **dataclasses.asdict(batch), max_prompt_length=max_prompt_length, max_completion_length=max_completion_length
+    )
+
+
+def plan_recipe(recipe: Recipe, num_processes: int | None = None) -> BatchPlan:
+    """The batch plan of a recipe on ``num_processes`` training processes (default: this launch's world size)."""
+    args = recipe.trainer
+    raw = raw_trainer(recipe)
+    return plan_batches(
+        num_processes=num_processes or int(os.environ.get("WORLD_SIZE", "1")),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        # ArcherConfig has resolved these for its own world size: re-derive from what the recipe sets.
+        responses_per_step=raw.get("responses_per_step"),
+        gradient_accumulation_steps=raw.get("gradient_accumulation_steps", 1),
+        generation_batch_size=raw.get("generation_batch_size"),
+        steps_per_generation=raw.get("steps_per_generation"),
+        num_iterations=args.num_iterations,
+        max_prompt_length=max_prompt_length(args),
+    )
+
+
+def raw_trainer(recipe: Recipe) -> dict[str, Any]:
+    """The trainer block as the recipe file states it (before ArcherConfig resolves it for this world size)."""
+    return (getattr(recipe, "raw", None) or {}).get("trainer") or {}
+
+
+def max_prompt_length(args: Any) -> int | None:
+    """TRL 1.16 has no prompt-length option: a recipe bounds prompts through vllm_max_model_length (prompt +
+    completion), and the filtering step drops longer prompts."""
+    if args.vllm_max_model_length is None:
+        return None
+    bound = args.vllm_max_model_length - args.max_completion_length
+    if bound < 1:
+        raise UserError(
+            f"trainer.vllm_max_model_length={args.vllm_max_model_length}: leaves no room for a prompt next to "
+            f"max_completion_length={args.max_completion_length}"
+        )
+    return bound

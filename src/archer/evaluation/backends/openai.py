@@ -23,7 +23,7 @@ from typing import TypeVar
 from tqdm.auto import tqdm
 
 from archer.errors import UserError
-from archer.evaluation.backends import PROMPT_FORMATS, BackendOptions, Sampling, problem_seeds
+from archer.evaluation.backends.base import PROMPT_FORMATS, BackendOptions, Sampling, problem_seeds
 
 logger = logging.getLogger(__name__)
 

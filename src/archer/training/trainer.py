@@ -29,8 +29,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from trl import GRPOConfig, GRPOTrainer
 
-from archer.batch import Batch, resolve_batch, rollout_schedule
 from archer.objective import ObjectiveConfig, compute_objective
+from archer.training.batch import Batch, resolve_batch, rollout_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class ArcherConfig(GRPOConfig):
     aggregation, and ``beta`` is derived from its KL weights so that TRL loads the reference model and computes its
     log-probs exactly when the objective needs them. One Trainer step is one rollout (see the module docstring):
     ``max_steps`` and ``warmup_steps`` count rollouts. The accumulation is derived from ``responses_per_step`` and
-    the process count (:mod:`archer.batch`); the Trainer itself runs with ``gradient_accumulation_steps=1`` (its
+    the process count (:mod:`archer.training.batch`); the Trainer itself runs with ``gradient_accumulation_steps=1`` (its
     step is a rollout, and ArcherTrainer accumulates), while ``to_dict()`` reports the derived accumulation.
     """
 
@@ -149,7 +149,7 @@ class ArcherConfig(GRPOConfig):
             # instead of as independent single-process runs.
             self.use_cpu = True
             self.dataloader_pin_memory = False  # nothing to pin to; silences a warning per epoch
-        # The batch rule (archer.batch) fixes the rollout before TRL derives its own sizes from it.
+        # The batch rule (archer.training.batch) fixes the rollout before TRL derives its own sizes from it.
         given_accumulation = self.gradient_accumulation_steps
         world = int(os.environ.get("WORLD_SIZE", "1"))
         batch = self._resolve_batch(world, given_accumulation, self.steps_per_generation)
@@ -210,7 +210,7 @@ class ArcherTrainer(GRPOTrainer):
         logger.info("objective: %s", self.objective_config)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """TRL writes a generic card at every checkpoint; ours (archer.card) is rendered at the end of the run."""
+        """TRL writes a generic card at every checkpoint; ours (archer.publish.card) is rendered at the end of the run."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on every parameter, as the reference's AdamW (ARCHER.md); transformers exempts biases and

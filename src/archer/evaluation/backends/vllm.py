@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from archer.errors import UserError
-from archer.evaluation.backends import BackendOptions, Sampling, problem_seeds
+from archer.evaluation.backends.base import BackendOptions, Sampling, problem_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _engine_args(model: str, options: BackendOptions) -> dict[str, Any]:
 
 
 def _run(engine: Any, job: tuple[list[list[int]], Sampling, list[int]], use_tqdm: bool) -> list[list[str]]:
-    from archer.evaluation import vllm_engine
+    from archer.evaluation.backends import vllm_engine
 
     prompts, s, seeds = job
     return vllm_engine.generate(engine, prompts, s.k, s.temperature, s.top_p, s.max_new_tokens, seeds, use_tqdm)
@@ -74,7 +74,7 @@ def _engine_worker(conn: Connection, devices: list[str], engine_args: dict[str, 
     """One data-parallel engine: build it on ``devices``, then answer generate jobs until told to stop (None)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before vLLM (and CUDA) start in this process
     try:
-        from archer.evaluation import vllm_engine
+        from archer.evaluation.backends import vllm_engine
 
         engine = vllm_engine.build_engine(**engine_args)
         conn.send(("ready", None))
@@ -132,7 +132,7 @@ class VLLMBackend:
         self._engine = None
         self._workers: list[_EngineProcess] = []
         if options.data_parallel_size == 1:
-            from archer.evaluation import vllm_engine
+            from archer.evaluation.backends import vllm_engine
 
             self._engine = vllm_engine.build_engine(**args)
             return

@@ -1,7 +1,7 @@
 """A run folder across launches: which run it holds, where a restart resumes, what a kill left behind.
 
 A run folder belongs to one run, named by a random id in ``run.json`` (written before anything else). Every
-checkpoint carries that id in its ``trainer_state.json`` (``archer.callbacks.RunIdCallback``), and a restart resumes
+checkpoint carries that id in its ``trainer_state.json`` (``archer.training.callbacks.RunIdCallback``), and a restart resumes
 only from a checkpoint whose id matches the folder's: a folder holding another run's checkpoints, or files without a
 ``run.json``, is refused. ``--no-resume`` moves the old folder aside (``<folder>.old-<n>``) rather than train next to
 its checkpoints; nothing is deleted.
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"
 TRAIN_RESULTS = "train_results.json"
-RUN_ID_CALLBACK = "RunIdCallback"  # archer.callbacks.RunIdCallback: its state in trainer_state.json
+RUN_ID_CALLBACK = "RunIdCallback"  # archer.training.callbacks.RunIdCallback: its state in trainer_state.json
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 # Training state in a checkpoint folder: everything else there is the model (weights, config, tokenizer).
 TRAINING_STATE_FILES = re.compile(

@@ -246,7 +246,7 @@ def load_run_recipe(run: Run):
 def warm_start_job(run: Run, threads: int, sft_callback=None) -> str:
     """Build and SFT the tiny model for ``run``'s seed into its warm-start folder (atomically: tmp, then rename)."""
     _child_setup(run.warm_dir.with_suffix(".log"), threads)
-    from archer.training import SFT_RESULTS, warm_start
+    from archer.training.pipeline import SFT_RESULTS, warm_start
 
     tmp = run.warm_dir.with_name(run.warm_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -260,9 +260,9 @@ def warm_start_job(run: Run, threads: int, sft_callback=None) -> str:
 def train_job(run: Run, threads: int) -> str:
     """Copy the seed's warm start into the run folder and train (resuming from a checkpoint if one is there)."""
     _child_setup(run.log, threads)
-    from archer import run_folder
     from archer.commands.train import quiet_third_party
-    from archer.training import SFT_DIR, run_training
+    from archer.training import run_folder
+    from archer.training.pipeline import SFT_DIR, run_training
 
     sft = run.out_dir / SFT_DIR
     if not sft.is_dir():
@@ -352,7 +352,7 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 
 def run_values(run_dir: Path) -> dict[str, float | None]:
     """Every metric of METRICS for one finished run folder (None where the run did not record it)."""
-    from archer.plots import read_metrics
+    from archer.training.plots import read_metrics
 
     results = json.loads((run_dir / "train_results.json").read_text())
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -463,7 +463,7 @@ def plot_curves(plan: Plan, path: Path, window: int = 10) -> Path | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from archer.plots import read_metrics
+    from archer.training.plots import read_metrics
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), dpi=100)
     drawn = False

@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from archer import sandbox_limits, sandbox_seccomp
 from archer.errors import UserError
+from archer.sandbox import limits as sandbox_limits
+from archer.sandbox import seccomp as sandbox_seccomp
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class _Runtime:
     python: str
     binds: tuple[str, ...]  # host directories mounted read-only at the same path
     options: frozenset[str] = frozenset()  # optional bwrap options this version knows
-    seccomp: bytes = b""  # the compiled syscall filter (archer.sandbox_seccomp)
+    seccomp: bytes = b""  # the compiled syscall filter (archer.sandbox.seccomp)
 
     def has(self, option: str) -> bool:
         return option in self.options
@@ -568,7 +569,7 @@ def run_python(
     """Run ``code`` as ``__main__`` in a fresh sandbox with ``stdin``; thread-safe; any text gives a result.
 
     ``timeout_s`` is wall-clock time for the whole run (CPU time is capped per process too); ``memory_mb`` is one
-    budget for all of the run's processes together (see ``archer.sandbox_limits``), and ``max_processes`` one
+    budget for all of the run's processes together (see ``archer.sandbox.limits``), and ``max_processes`` one
     count of their processes and threads. Output beyond ``max_output_bytes`` on either stream stops the run.
     ``report=True`` opens a pipe on descriptor ``REPORT_FD`` inside, returned as ``ExecResult.report``. Text
     that is not valid UTF-8 (lone surrogates) reaches Python as such and fails there. Raises SandboxUnavailable

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from archer import run_folder
 from archer.errors import UserError
 from archer.files import YAML_LOADER, atomic_write_json, atomic_write_text
 from archer.recipe import Recipe
+from archer.training import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     """Train as the recipe says; returns the summary also written to ``train_results.json``.
 
     ``resume``: continue the run in ``trainer.output_dir`` from its newest complete checkpoint (a complete run
-    trains nothing); False moves an existing folder aside first (archer.run_folder).
+    trains nothing); False moves an existing folder aside first (archer.training.run_folder).
     """
     from accelerate import PartialState
 
@@ -73,7 +73,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if state.is_main_process:
-        from archer.plots import plot_run
+        from archer.training.plots import plot_run
 
         plot_run(out)
         runtime = {
@@ -88,7 +88,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
 def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state) -> dict[str, Any]:
     """train_results.json (with the held-out score of the final model for tiny recipes), then the model card."""
-    from archer.card import write_card
+    from archer.publish.card import write_card
 
     summary = {
         "run_id": run_id,
@@ -114,7 +114,7 @@ def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state
 
 def _complete_run(recipe: Recipe, out: Path, point: run_folder.ResumePoint, state) -> dict[str, Any]:
     """A run that reached max_steps: train nothing, write only the end-of-run products a kill left missing."""
-    from archer.card import write_card
+    from archer.publish.card import write_card
 
     written = []
     summary = point.results
@@ -125,7 +125,7 @@ def _complete_run(recipe: Recipe, out: Path, point: run_folder.ResumePoint, stat
             restored = run_folder.restore_model(point.checkpoint.path, out)
             written.append(f"{', '.join(restored)} (from {point.checkpoint.path.name})")
         if not any((out / "plots").glob("*.png")):
-            from archer.plots import plot_run
+            from archer.training.plots import plot_run
 
             plot_run(out)
             written.append("plots")
@@ -236,7 +236,7 @@ def _train_dataset(recipe: Recipe):
     if data.is_builtin:
         n = data.num_examples or 20_000
         return _task(recipe).dataset(n, seed=data.seed)
-    from archer.data.hub import load_training_dataset
+    from archer.data.loaders import load_training_dataset
 
     return load_training_dataset(data)
 
@@ -264,8 +264,8 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, run_id: str):
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from archer.callbacks import ConciseProgressCallback, MetricsFileCallback, RunIdCallback
-    from archer.trainer import ArcherTrainer
+    from archer.training.callbacks import ConciseProgressCallback, MetricsFileCallback, RunIdCallback
+    from archer.training.trainer import ArcherTrainer
 
     args = recipe.trainer
     model = recipe.model
@@ -288,7 +288,7 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, run_id: str):
 
     callbacks = [MetricsFileCallback(args.output_dir), RunIdCallback(run_id)]
     if args.push_checkpoints:
-        from archer.hub import CheckpointPusher
+        from archer.publish.hub import CheckpointPusher
 
         callbacks.append(
             CheckpointPusher(
@@ -311,8 +311,8 @@ def _build_trainer(recipe: Recipe, model_path: str, train_dataset, run_id: str):
 
 
 def _load_dtype(recipe: Recipe) -> str:
-    """float32 unless DeepSpeed's mixed precision keeps fp32 master weights (archer.precision); logs each part."""
-    from archer.precision import deepspeed_mixed_precision, precision_of
+    """float32 unless DeepSpeed's mixed precision keeps fp32 master weights (archer.planning.precision); logs each part."""
+    from archer.planning.precision import deepspeed_mixed_precision, precision_of
 
     precision = precision_of(recipe, deepspeed_mixed=deepspeed_mixed_precision(recipe.trainer))
     logger.info("precision:\n%s", "\n".join(precision.lines()))

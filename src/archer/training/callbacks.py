@@ -81,7 +81,7 @@ class MetricsFileCallback(TrainerCallback):
 
 class RunIdCallback(TrainerCallback, ExportableState):
     """Stores the run's id in every checkpoint's ``trainer_state.json`` (the Trainer saves the ``state()`` of such
-    callbacks there), so a restart resumes only from checkpoints of the run that owns the folder (archer.run_folder).
+    callbacks there), so a restart resumes only from checkpoints of the run that owns the folder (archer.training.run_folder).
     """
 
     def __init__(self, run_id: str) -> None:

@@ -1,0 +1,215 @@
+"""What a recipe will do on a given number of GPUs, printed before launching (``archer train --dry-run``).
+
+The effective configuration, the batch arithmetic (:mod:`archer.training.batch`, the rule the trainer applies at
+launch), the precision of each part (:mod:`archer.planning.precision`) and a memory estimate per GPU
+(:mod:`archer.planning.memory`). A setting that cannot run (a batch that does not split into whole groups, a model
+that cannot fit whatever the batch) raises :class:`UserError`; one that probably will not fit is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from archer.errors import UserError
+from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
+from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
+from archer.planning.precision import Precision, mixed_precision, precision_of
+from archer.training.batch import BatchPlan, plan_recipe, raw_trainer
+
+if TYPE_CHECKING:
+    pass
+
+
+def describe(
+    recipe: Any,
+    num_processes: int | None = None,
+    *,
+    zero_stage: int = 3,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+) -> str:
+    """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
+
+    ``num_processes`` defaults to the launch's world size (``WORLD_SIZE``, 1 outside a launcher). Raises
+    UserError on settings that cannot run.
+    """
+    args = recipe.trainer
+    plan = plan_recipe(recipe, num_processes)
+    world = plan.num_processes
+    stage = zero_stage if world > 1 else 0
+    precision = _precision(recipe, stage)
+    objective = args.objective_config()
+    lines = [f"recipe: {recipe.path}", ""]
+    lines += _effective_config(recipe, objective)
+    lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
+    lines += _format_plan(plan, args, responses_per_step_given=raw_trainer(recipe).get("responses_per_step"))
+    launch = f"DeepSpeed ZeRO-{stage}" if stage else "DDP" if world > 1 else "one process"
+    lines += ["", f"precision ({launch}):", *precision.lines()]
+    lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision)
+    return "\n".join(lines)
+
+
+def _precision(recipe: Any, stage: int) -> Precision:
+    """What each part runs in on this launch (archer.planning.precision); ZeRO stages mean DeepSpeed with the recipe's
+    bf16 / fp16 flag as its mixed precision (the accelerate configs under recipes/accelerate/)."""
+    if recipe.model.is_tiny:
+        checkpoint_dtype = "float32"
+    else:
+        config = json.loads(config_file_for(recipe.model.name_or_path).read_text())
+        checkpoint_dtype = config.get("dtype") or config.get("torch_dtype")
+    deepspeed_mixed = stage >= 2 and mixed_precision(recipe.trainer) is not None
+    return precision_of(recipe, deepspeed_mixed=deepspeed_mixed, checkpoint_dtype=checkpoint_dtype)
+
+
+def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> list[str]:
+    args, world = recipe.trainer, plan.num_processes
+    shape = _model_shape(recipe)
+    dtype_bytes = DTYPE_BYTES.get(precision.load_dtype, 2)  # the weights as trained (DeepSpeed: half; else fp32)
+    activation_bytes = 4 if precision.compute == "float32" else 2
+    memory = estimate_memory(
+        shape,
+        world_size=world,
+        zero_stage=stage,
+        micro_batch=plan.per_device_train_batch_size,
+        sequence_length=plan.max_sequence_length or plan.max_completion_length,
+        dtype_bytes=dtype_bytes,
+        activation_bytes=activation_bytes,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        reference_model=args.beta != 0.0,
+        vllm_colocate_fraction=args.vllm_gpu_memory_utilization
+        if args.use_vllm and args.vllm_mode == "colocate"
+        else None,
+        vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
+        gpu_memory_gib=gpu_memory_gib,
+    )
+    states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
+    if states > memory.gpu_memory_bytes:
+        raise UserError(
+            f"{recipe.model.name_or_path}: {shape.num_parameters / 1e9:.2f}B parameters need "
+            f"{states / GIB:.0f} GiB per GPU for weights, gradients and Adam states with ZeRO stage {stage} on "
+            f"{world} GPU(s), more than {gpu_memory_gib:.0f} GiB: use more GPUs or ZeRO-3"
+        )
+    name = {3: "ZeRO-3", 2: "ZeRO-2"}.get(stage, "no sharding: one process or DDP")
+    lines = [
+        "",
+        f"model: {shape.model_type}, {_count(shape.num_parameters)} parameters ({shape.num_parameters:,})",
+        f"memory per GPU, estimate ({name}, {world} GPU(s), micro-batch {plan.per_device_train_batch_size}):",
+        *memory.format(),
+    ]
+    if not memory.fits:
+        lines.append("  -> lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the")
+        lines.append("     mini-batch), turn on activation_checkpointing, or lower vllm_gpu_memory_utilization")
+    if args.use_vllm:
+        vllm_bytes = DTYPE_BYTES.get(precision.rollout_dtype, 2)
+        lines += _vllm_lines(shape, args, vllm_bytes, gpu_memory_gib, plan.max_prompt_length)
+    return lines
+
+
+def _model_shape(recipe: Any) -> ModelShape:
+    if recipe.model.is_tiny:  # built offline: its config comes from the same builder training uses
+        from archer.data.arithmetic import ArithmeticTask
+        from archer.tiny import TinyModelConfig, build_tokenizer
+        from archer.tiny.model import qwen2_config
+
+        tokenizer = build_tokenizer(task=ArithmeticTask(**recipe.data.task))
+        config = qwen2_config(tokenizer, TinyModelConfig(**recipe.model.tiny))
+        return ModelShape.from_config(config.to_dict(), source="the tiny model")
+    return load_model_shape(recipe.model.name_or_path)
+
+
+def _effective_config(recipe: Any, objective: Any) -> list[str]:
+    args, data, model = recipe.trainer, recipe.data, recipe.model
+    lines = [
+        f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
+        f"data: {data.dataset} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)})",
+        f"objective: {args.objective} {objective.to_dict()}",
+        f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule "
+        f"counted in rollouts, warm-up {args.warmup_steps:g} rollouts, weight decay {args.weight_decay:g}, grad clip "
+        f"{args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
+        f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
+        f"grading: a completion without </think> {_think_close(data.require_think_close)}",
+        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
+        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+    ]
+    if args.use_vllm:
+        where = (
+            f"colocate, {args.vllm_gpu_memory_utilization:g} of each GPU, TP {args.vllm_tensor_parallel_size}"
+            if args.vllm_mode == "colocate"
+            else f"server {args.vllm_server_base_url or f'{args.vllm_server_host}:{args.vllm_server_port}'}"
+        )
+        lines.append(f"rollouts: vLLM ({where}), max model length {args.vllm_max_model_length or 'from the model'}")
+        if args.vllm_importance_sampling_correction:
+            lines.append(
+                f"vLLM importance-sampling correction: on ({args.vllm_importance_sampling_mode}, clip max "
+                f"{args.vllm_importance_sampling_clip_max:g}), multiplied into the policy-gradient term"
+            )
+        else:
+            lines.append("vLLM importance-sampling correction: off (as the reference: the mismatch is only logged)")
+    else:
+        lines.append("rollouts: transformers generate()")
+    lines.append(
+        f"run: max_steps {args.max_steps} rollouts (one Trainer step = one rollout), output {args.output_dir}"
+    )
+    return lines
+
+
+def _think_close(setting: bool | str) -> str:
+    if setting == "auto":
+        return "scores 0 if the model's chat template opens the reasoning (require_think_close: auto)"
+    return "scores 0 (require_think_close: true)" if setting else "is graded whole (require_think_close: false)"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def _value(option: Any) -> Any:
+    return getattr(option, "value", option)
+
+
+def _format_plan(plan: BatchPlan, args: Any, responses_per_step_given: int | None = None) -> list[str]:
+    steps = plan.optimizer_steps_per_rollout
+    derived = " (derived from responses_per_step)" if responses_per_step_given else ""
+    lines = [
+        f"  prompts per rollout            {plan.prompts_per_rollout} x {plan.num_generations} responses = "
+        f"{plan.generation_batch_size} responses",
+        f"  responses per optimizer step   {plan.per_device_train_batch_size} per device x {plan.num_processes} "
+        f"x {plan.gradient_accumulation_steps} accumulation{derived} = {plan.responses_per_step}",
+        f"  optimizer steps per rollout    {plan.generation_batch_size} / {plan.responses_per_step} x "
+        f"{plan.num_iterations} epochs = {steps} (fewer when groups are dropped; none when all are)",
+    ]
+    if plan.max_prompt_length:
+        per_response = f"{plan.max_prompt_length} prompt + {plan.max_completion_length} completion"
+    else:
+        per_response = f"{plan.max_completion_length} completion; prompts unbounded (no vllm_max_model_length)"
+    lines.append(
+        f"  tokens per optimizer step      <= {plan.tokens_per_optimizer_step:,} "
+        f"({plan.responses_per_step} x {per_response})"
+    )
+    if args.max_steps and args.max_steps > 0:
+        lines.append(
+            f"  run                            {args.max_steps} rollouts = at most {args.max_steps * steps} "
+            "optimizer steps"
+        )
+    if steps == 1:
+        lines.append("  note: one optimizer step per rollout: ratios stay 1 and no clip range ever acts")
+    return lines
+
+
+def _vllm_lines(
+    shape: ModelShape, args: Any, dtype_bytes: int, gpu_memory_gib: float, prompt_bound: int | None
+) -> list[str]:
+    length = args.vllm_max_model_length or (prompt_bound or 0) + args.max_completion_length
+    if args.vllm_mode == "colocate":
+        reserved = args.vllm_gpu_memory_utilization * gpu_memory_gib * GIB * args.vllm_tensor_parallel_size
+        seqs = vllm_sequences_in_cache(
+            shape,
+            reserved_bytes=reserved,
+            tensor_parallel=args.vllm_tensor_parallel_size,
+            max_model_length=length,
+            dtype_bytes=dtype_bytes,
+        )
+        return [f"vLLM KV cache: about {seqs:.0f} full-length ({length}-token) sequences at once per engine"]
+    return [
+        "vLLM server: runs on GPUs of its own (make serve-vllm); the training processes above exclude them",
+    ]

@@ -85,18 +85,18 @@ test-fast: $(STAMP) system-deps ## the tests not marked slow
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 quality: $(STAMP) ## lint and format check (ruff)
-	$(BIN)/ruff check src tests bench eval metrics
-	$(BIN)/ruff format --check src tests bench eval metrics
+	$(BIN)/ruff check src tests bench eval metrics tools
+	$(BIN)/ruff format --check src tests bench eval metrics tools
 
 gpu-proof: ## the GPU proof (bench/gpu/): WHEELS=<folder> first installs what a bare GPU machine lacks; CPU form without GPU
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu/run.sh $(or $(WHEELS),-) $(ARGS)
 
 api-check: $(STAMP) ## check our (and TRL's) calls into vLLM 0.30 (its wheel, read not installed) and lighteval
-	$(BIN)/python -m archer.devtools.api_check $(if $(WHEEL_CACHE),--cache-dir $(WHEEL_CACHE))
+	$(BIN)/python -m tools.api_check $(if $(WHEEL_CACHE),--cache-dir $(WHEEL_CACHE))
 
 style: $(STAMP) ## fix lint and formatting
-	$(BIN)/ruff check --fix src tests bench eval metrics
-	$(BIN)/ruff format src tests bench eval metrics
+	$(BIN)/ruff check --fix src tests bench eval metrics tools
+	$(BIN)/ruff format src tests bench eval metrics tools
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -65,7 +65,8 @@ def _trainers(
 
     from archer.data.arithmetic import ArithmeticTask
     from archer.rewards import math_reward
-    from archer.training.trainer import ArcherConfig, ArcherTrainer
+    from archer.training.config import ArcherConfig
+    from archer.training.trainer import ArcherTrainer
 
     common = dict(
         learning_rate=0.0,

@@ -1,7 +1,7 @@
 """Calibrate the embedded default's warm start and task: is the SFT model good at what RL needs, does RL then gain?
 
 Each named configuration is ``recipes/tiny/archer.yaml`` plus overrides (task, SFT, trainer). Two stages, both
-through ``archer.ablation.runner`` (so warm starts are shared and cached exactly as ``make ablate`` shares them, under
+through ``archer.ablation`` (so warm starts are shared and cached exactly as ``make ablate`` shares them, under
 ``--out``):
 
 ``sft``: the warm start of each configuration and seed, probed every 500 SFT steps (from step 1500) on a
@@ -150,7 +150,7 @@ class Prober:
 
 
 def plan(configs: list[str], seeds: int, out: Path, workers: int):
-    from archer.ablation.runner import Variant, plan_ablation
+    from archer.ablation.plan import Variant, plan_ablation
 
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -163,7 +163,7 @@ def run_warm_starts(configs: list[str], seeds: int, out: Path, workers: int) -> 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from archer.ablation.runner import load_run_recipe, warm_start_job
+    from archer.ablation.jobs import load_run_recipe, warm_start_job
 
     the_plan = plan(configs, seeds, out, workers)
     jobs = [run for warm, run in the_plan.warm_starts.items() if not (warm / "sft_results.json").is_file()]
@@ -194,7 +194,7 @@ SFT_COLUMNS = ("greedy", "t1_acc", "t1_worked", "t1_acc_worked", "t1_acc_answer_
 def table(configs: list[str], seeds: int, out: Path) -> str:
     """Per configuration: SFT length, the RL outcome on held-out (means over seeds, worst seed), probe columns when
     ``sft`` probed the warm starts (means over seeds at the last probed step)."""
-    from archer.ablation.runner import run_values
+    from archer.ablation.report import run_values
 
     rows = probe_rows(out)
     probed = any(r["config"] in configs for r in rows)
@@ -246,7 +246,8 @@ def main() -> int:
     if args.command == "sft":
         run_warm_starts(configs, args.seeds, args.out, args.workers)
     elif args.command == "rl":
-        from archer.ablation.runner import Variant, run_ablation
+        from archer.ablation import run_ablation
+        from archer.ablation.plan import Variant
 
         variants = [Variant(c, RECIPE, tuple(CONFIGS[c])) for c in configs]
         _, failures = run_ablation(variants, args.seeds, args.out, args.workers, command="bench/tiny_calibrate.py rl")

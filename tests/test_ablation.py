@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archer.ablation.runner import (
-    README_BEGIN,
-    README_END,
-    Variant,
-    mean_ci,
-    plan_ablation,
-    render_markdown,
-    summarize,
-    update_readme,
-    variants_from_recipes,
-)
+from archer.ablation.plan import Variant, plan_ablation, variants_from_recipes
+from archer.ablation.report import README_BEGIN, README_END, render_markdown, summarize, update_readme
+from archer.ablation.stats import mean_ci
 from archer.errors import UserError
 from archer.recipe import load_recipe
 

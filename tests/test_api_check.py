@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from archer.devtools import api_check
-from archer.devtools.pyapi import ClassSym, FuncSym, PackageIndex
-from archer.devtools.usage import check_source
+from tools.api_check import __main__ as api_check
+from tools.api_check.pyapi import ClassSym, FuncSym, PackageIndex
+from tools.api_check.usage import check_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

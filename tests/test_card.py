@@ -13,7 +13,8 @@ from huggingface_hub import ModelCard
 
 from archer.cli import main
 from archer.errors import UserError
-from archer.publish.card import card_data, load_run, read_eval_results, render_card, write_card
+from archer.publish.card import card_data, render_card, write_card
+from archer.publish.run_info import load_run, read_eval_results
 
 FIXTURE = Path(__file__).parent / "data" / "run_fixture"
 BASE_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

@@ -136,7 +136,7 @@ def test_benchmark_tasks_from_local_copies(workdir):
     ("suite_body", "args", "message"),
     [
         ("tasks: [{task: aime26}]", [], "unknown task 'aime26'"),
-        ("tasks: [{task: arithmetic, k: many}]", [], "tasks[0].k: expected a positive integer, got 'many'"),
+        ("tasks: [{task: arithmetic, k: many}]", [], "tasks[0].k: expected int, got 'many'"),
         (
             "tasks: [arithmetic]",
             ["--model", "outputs/no-such-run"],

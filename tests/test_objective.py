@@ -355,7 +355,7 @@ def test_input_shape_errors():
 
 
 def test_presets_and_their_values():
-    assert ObjectiveConfig.preset_names() == ["archer", "grpo", "dapo", "entropy_mask"]
+    assert list(ObjectiveConfig.PRESETS) == ["archer", "grpo", "dapo", "entropy_mask"]
     assert ObjectiveConfig.preset("archer") == ObjectiveConfig()
     dapo = ObjectiveConfig.preset("dapo")
     assert dapo.knowledge_bounds == dapo.reasoning_bounds == pytest.approx((0.8, 1.28))

@@ -92,7 +92,7 @@ def test_paper_batch_arithmetic_on_one_node():
         max_completion_length=32768,
     )
     assert plan.prompts_per_rollout == 64
-    assert plan.responses_per_optimizer_step == 512
+    assert plan.responses_per_step == 512
     assert plan.steps_per_generation == 32
     assert plan.optimizer_steps_per_rollout == 6
     assert plan.tokens_per_optimizer_step == 512 * (2048 + 32768)
@@ -135,7 +135,7 @@ def test_the_paper_batch_is_stated_once_and_holds_on_any_node_count():
     for processes, accumulation in ((8, 16), (16, 8)):
         plan = plan_batches(num_processes=processes, **common)
         assert plan.gradient_accumulation_steps == accumulation
-        assert (plan.responses_per_optimizer_step, plan.optimizer_steps_per_rollout) == (512, 6)
+        assert (plan.responses_per_step, plan.optimizer_steps_per_rollout) == (512, 6)
     plan = plan_batches(num_processes=2, per_device_train_batch_size=8, num_generations=8, max_completion_length=64)
     assert plan.max_sequence_length is None
     assert plan.tokens_per_optimizer_step == 16 * 64  # completions only when the prompt bound is unknown

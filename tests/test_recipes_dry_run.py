@@ -52,7 +52,7 @@ def test_paper_recipes_hold_the_paper_numbers(path):
     for processes in (8, 16):  # the paper's run: 2 x 8 GPUs
         plan = plan_recipe(recipe, num_processes=processes)
         assert (plan.prompts_per_rollout, plan.num_generations, plan.generation_batch_size) == (64, 16, 1024)
-        assert plan.responses_per_optimizer_step == 512  # mini-batch of 32 prompts
+        assert plan.responses_per_step == 512  # mini-batch of 32 prompts
         assert plan.num_iterations == 3 and plan.optimizer_steps_per_rollout == 6
     assert plan.max_prompt_length == 2048 and plan.max_completion_length == 32768
     assert args.learning_rate == 1e-6 and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
@@ -75,7 +75,7 @@ def test_scaling_out_keeps_the_mini_batch(gpus, accumulation):
     recipe = load_recipe_for_plan(PAPER_RECIPES[0])
     plan = plan_recipe(recipe, num_processes=gpus)
     assert plan.gradient_accumulation_steps == accumulation  # derived from the process count, nothing to override
-    assert plan.responses_per_optimizer_step == 512 and plan.optimizer_steps_per_rollout == 6
+    assert plan.responses_per_step == 512 and plan.optimizer_steps_per_rollout == 6
     assert "fits" in describe(recipe, num_processes=gpus)
 
 
@@ -117,7 +117,7 @@ def test_accelerate_configs_parse_and_match_the_recipes():
         assert config.mixed_precision == "bf16" and not config.use_cpu
         world = config.num_processes
         for path in GPU_RECIPES:  # the recipes' batch arithmetic works at each config's size
-            assert plan_recipe(load_recipe_for_plan(path), world).responses_per_optimizer_step == 512
+            assert plan_recipe(load_recipe_for_plan(path), world).responses_per_step == 512
     assert configs["zero3"].deepspeed_config["zero_stage"] == 3 and configs["zero3"].num_machines == 1
     assert configs["multi_node_zero3"].num_machines > 1
     for path in (ROOT / "recipes" / "deepspeed").glob("*.json"):

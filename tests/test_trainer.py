@@ -18,7 +18,8 @@ from trl import GRPOConfig
 from archer.errors import UserError
 from archer.objective import compute_objective
 from archer.recipe import load_recipe
-from archer.training.trainer import OBJECTIVE_OWNS, ArcherConfig, ArcherTrainer
+from archer.training.config import OBJECTIVE_OWNS, ArcherConfig
+from archer.training.trainer import ArcherTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"

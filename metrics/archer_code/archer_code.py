@@ -3,7 +3,8 @@
 import datasets
 import evaluate
 
-from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, code_specs, grading_options, score
+from archer import PAPER_URL
+from archer.evaluation.evaluate_metrics import CITATION, code_specs, grading_options, score
 
 _DESCRIPTION = """\
 Scores k sampled completions per programming problem exactly as Archer's training reward and `archer eval` do:

@@ -3,7 +3,8 @@
 import datasets
 import evaluate
 
-from archer.evaluation.evaluate_metrics import CITATION, PAPER_URL, grading_options, math_specs, score
+from archer import PAPER_URL
+from archer.evaluation.evaluate_metrics import CITATION, grading_options, math_specs, score
 
 _DESCRIPTION = """\
 Scores k sampled completions per math problem exactly as Archer's training reward and `archer eval` do: the

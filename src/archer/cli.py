@@ -29,7 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "archer.commands.ablate",
         "run tiny recipes over seeds from shared warm starts and compare them (tables, curves, paired differences)",
     ),
-    "bench": ("archer.commands.bench", "measure what Archer costs, as ratios against references"),
 }
 
 

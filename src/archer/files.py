@@ -28,6 +28,22 @@ MAX_YAML_VALUES = 100_000  # values after alias expansion: bounds a "billion lau
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster than the pure-Python parser
 
 
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model or dataset name means a path on this machine rather than a Hub id (``org/name``): it exists,
+    starts with ``/``, ``.`` or ``~``, ends like a data file, or its parent folder exists here (a mistyped
+    ``outputs/run``), so that a typo is reported as a missing path instead of being looked up on the Hub."""
+    path = Path(name).expanduser()
+    return (
+        path.exists()
+        or name.startswith(("/", ".", "~"))
+        or name.endswith(DATA_FILE_SUFFIXES)
+        or (str(path.parent) != "." and path.parent.is_dir())
+    )
+
+
 def short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, for error lines."""
     text = repr(value)

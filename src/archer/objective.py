@@ -1,6 +1,6 @@
-"""The Archer objective (ARCHER.md, "The objective, exactly") as one function of tensors; autograd differentiates it.
+"""The Archer objective (docs/method.md#objective) as one function of tensors; autograd differentiates it.
 
-The body of ``compute_objective`` transcribes the numbered steps of ARCHER.md, and its comments carry their numbers.
+The body of ``compute_objective`` transcribes the numbered steps of docs/method.md, and its comments carry their numbers.
 The baselines (GRPO, DAPO, the 80/20 entropy mask) are settings of the same function: ``ObjectiveConfig.preset``.
 No TRL import: the trainer gathers the tensors and calls this.
 """
@@ -75,7 +75,7 @@ class ObjectiveConfig:
         metadata={"help": "Policy gradient through reasoning tokens only (the 80/20 entropy mask); KL unaffected."},
     )
 
-    # Paper values (ARCHER.md "Variants"); a preset lists only what differs from the defaults above.
+    # Paper values (docs/method.md#variants); a preset lists only what differs from the defaults above.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "archer": {},
         # One clip range and one KL weight for every token. kl_normalization="response" makes the two classes'
@@ -112,10 +112,6 @@ class ObjectiveConfig:
             raise ObjectiveConfigError(
                 f"objective.pg_on_reasoning_only must be true or false, got {self.pg_on_reasoning_only!r}"
             )
-
-    @classmethod
-    def preset_names(cls) -> list[str]:
-        return list(cls.PRESETS)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ObjectiveConfig:

@@ -6,7 +6,7 @@ A recipe has the blocks ``model``, ``data``, ``objective``, ``trainer`` and, for
     data:    {dataset: arithmetic | <hub id> | <folder>, rewards: [math], ...}
     sft:     {steps: 2500, ...}                 # warm start of the tiny model (archer.tiny.SFTConfig)
     objective: {preset: archer, ...overrides}   # archer.objective.ObjectiveConfig fields
-    trainer: {...}                              # archer.training.trainer.ArcherConfig (TRL GRPOConfig) fields
+    trainer: {...}                              # archer.training.config.ArcherConfig (TRL GRPOConfig) fields
 
 Every problem (a file that is missing, too large or not UTF-8, bad YAML, an unknown key, a wrong type, a value out of
 range, a missing model or data path, batch arithmetic that cannot work, an output folder that cannot be one) raises
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.errors import UserError, one_line
-from archer.files import parse_yaml, read_model_config, read_yaml_file, short
+from archer.files import looks_local, parse_yaml, read_model_config, read_yaml_file, short
 from archer.schema import FRACTION, NON_NEGATIVE, POSITIVE, Limit, at_least, build_dataclass
 
 BLOCKS = ("model", "data", "sft", "objective", "trainer")
@@ -144,17 +144,20 @@ class Recipe:
     path: Path
     model: ModelArgs
     data: DataArgs
-    trainer: Any  # archer.training.trainer.ArcherConfig (holds the objective preset and overrides)
+    trainer: Any  # archer.training.config.ArcherConfig (holds the objective preset and overrides)
     sft: Any | None  # archer.tiny.SFTConfig
     raw: dict[str, Any]
 
     def resolved(self) -> dict[str, Any]:
-        trainer = {k: _plain(v) for k, v in self.trainer.to_dict().items()}
+        trainer = {k: _yaml_friendly(v) for k, v in self.trainer.to_dict().items()}
         return {
-            "model": _plain(dataclasses.asdict(self.model)),
-            "data": _plain(dataclasses.asdict(self.data)),
-            "sft": _plain(dataclasses.asdict(self.sft)) if self.sft is not None else None,
-            "objective": {"preset": self.trainer.objective, **_plain(self.trainer.objective_config().to_dict())},
+            "model": _yaml_friendly(dataclasses.asdict(self.model)),
+            "data": _yaml_friendly(dataclasses.asdict(self.data)),
+            "sft": _yaml_friendly(dataclasses.asdict(self.sft)) if self.sft is not None else None,
+            "objective": {
+                "preset": self.trainer.objective,
+                **_yaml_friendly(self.trainer.objective_config().to_dict()),
+            },
             "trainer": trainer,
         }
 
@@ -201,7 +204,7 @@ def build_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     data = build_dataclass(DataArgs, raw.get("data") or {}, path, "data")
 
     from archer.objective import ObjectiveConfig
-    from archer.training.trainer import ArcherConfig, trainer_block_problem
+    from archer.training.config import ArcherConfig, trainer_block_problem
 
     objective = dict(raw.get("objective") or {})
     preset = objective.pop("preset", "archer")
@@ -271,7 +274,7 @@ def check_model_source(recipe: Recipe) -> None:
         return
     local = Path(model.name_or_path).expanduser()
     if not local.exists():
-        if _looks_local(model.name_or_path):
+        if looks_local(model.name_or_path):
             raise UserError(
                 f"{path}: model.name_or_path: {model.name_or_path} does not exist "
                 "(give an existing folder or a Hub id org/name)"
@@ -298,7 +301,7 @@ def check_data_source(recipe: Recipe) -> None:
         )
     if data.is_builtin:
         _check_builtin_task(data, path)
-    elif _looks_local(data.dataset) and not Path(data.dataset).expanduser().exists():
+    elif looks_local(data.dataset) and not Path(data.dataset).expanduser().exists():
         raise UserError(
             f"{path}: data.dataset: {data.dataset} does not exist (give an existing file or folder, or a Hub id)"
         )
@@ -395,18 +398,14 @@ def _check_builtin_task(data: DataArgs, path: Path) -> None:
         raise UserError(f"{path}: data.seed={data.seed}: equals data.task.heldout_seed; training draws need another")
 
 
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or value.endswith((".json", ".jsonl", ".parquet", ".csv"))
-
-
-def _plain(value: Any) -> Any:
+def _yaml_friendly(value: Any) -> Any:
     """Make a value YAML/JSON friendly (enums to their value, tuples to lists, objects to strings)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _yaml_friendly(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_yaml_friendly(v) for v in value]
     if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
-        return _plain(value.value)
+        return _yaml_friendly(value.value)
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
     return str(value)

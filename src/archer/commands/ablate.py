@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.ablation.runner import run_ablation, update_readme, variants_from_recipes
+    from archer.ablation import run_ablation, update_readme, variants_from_recipes
     from archer.commands.train import quiet_third_party
 
     recipes = args.recipes or DEFAULT_RECIPES

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.publish.card import newest_run, write_card
+    from archer.publish.card import write_card
+    from archer.training.run_folder import newest_run
 
     run_dir = args.run_dir or newest_run()
     path = write_card(run_dir, repo_id=args.repo, base_results=args.base_results, template=args.template)

@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.publish.card import newest_run
     from archer.publish.hub import push_run
+    from archer.training.run_folder import newest_run
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the summary
     run_dir = args.run_dir or newest_run()

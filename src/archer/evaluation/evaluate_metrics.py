@@ -16,7 +16,6 @@ from typing import Any
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
 
-PAPER_URL = "https://arxiv.org/abs/2507.15778"
 CITATION = """\
 @article{wang2025archer,
   title   = {Stabilizing Knowledge, Promoting Reasoning: Dual-Token Constraints for RLVR},

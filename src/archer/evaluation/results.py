@@ -26,26 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-VERSIONED = ("archer-rlvr", "lighteval", "transformers", "torch", "trl", "datasets", "math-verify", "vllm")
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def fresh_dir(parent: Path, stem: str) -> Path:

@@ -23,9 +23,11 @@ from archer.evaluation.backends.base import Backend, BackendOptions, Sampling
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
-from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, versions, write_run
+from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, write_run
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
-from archer.files import read_model_config
+from archer.files import looks_local, read_model_config
+from archer.training.run_folder import newest_run
+from archer.versions import versions
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +56,6 @@ class EvalRequest:
     runs_root: Path = field(default=RUNS_ROOT, metadata={"help": "where run folders (and outputs/eval) live"})
 
 
-def newest_run(root: Path) -> Path:
-    """The most recently trained run folder under ``root`` (one holding a ``config.json``)."""
-    runs = list(root.glob("*/config.json")) if root.is_dir() else []
-    if not runs:
-        raise UserError(f"no trained model under {root}/; run `make train` first or pass --model DIR_OR_HUB_ID")
-    return max(runs, key=lambda p: p.stat().st_mtime).parent
-
-
 def resolve_model(model: str | None, runs_root: Path = RUNS_ROOT) -> ModelRef:
     """A local folder (must exist and hold a model) or a Hub id ``org/name``.
 
@@ -69,12 +63,11 @@ def resolve_model(model: str | None, runs_root: Path = RUNS_ROOT) -> ModelRef:
     taken as local, so a mistyped run folder is reported instead of being looked up on the Hub.
     """
     if model is None:
-        path = newest_run(runs_root)
+        path = newest_run(runs_root, trained=True)
         logger.info("no --model given: evaluating the newest run, %s", path)
         return ModelRef(str(path), True)
     path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or (str(path.parent) != "." and path.parent.is_dir())
-    if path.exists() or looks_local or model.count("/") != 1:
+    if looks_local(model) or model.count("/") != 1:
         if not path.is_dir():
             raise UserError(f"--model {model}: no such model folder")
         read_model_config(path, f"--model {model}")

@@ -1,6 +1,6 @@
 """The paper's batch on any number of processes: one rule shared by the trainer, the dry run and the Slurm script.
 
-The paper's terms (ARCHER.md, "Training recipe") and the recipe keys that state them:
+The paper's terms (docs/method.md#training-recipe) and the recipe keys that state them:
 
 - a *rollout* is one generation batch, ``generation_batch_size`` responses (prompts x ``num_generations``), sampled
   once and trained on for ``num_iterations`` epochs (the paper: 1024 = 64 x 16, 3 epochs);
@@ -157,7 +157,7 @@ def rollout_schedule(
 ) -> list[list[list[int]]]:
     """The micro-batches this process runs, grouped by optimizer step, as row indices into the whole rollout.
 
-    As the reference (ARCHER.md, "How the authors' run treats the batch"): the rows of dropped groups
+    As the reference (docs/method.md#uniform-groups): the rows of dropped groups
     (``keep`` False) are removed and the kept rows compacted, in an order shuffled once per rollout (``seed``,
     the same on every process) and replayed each epoch; they are cut into mini-batches of ``responses_per_step``
     rows, the last one possibly short, so fewer kept rows make fewer optimizer steps and none make none. The rows
@@ -184,10 +184,6 @@ class BatchPlan(Batch):
 
     max_prompt_length: int | None
     max_completion_length: int
-
-    @property
-    def responses_per_optimizer_step(self) -> int:
-        return self.responses_per_step
 
     @property
     def max_sequence_length(self) -> int | None:

@@ -22,6 +22,7 @@ from archer.errors import UserError
 from archer.files import YAML_LOADER, atomic_write_json, atomic_write_text
 from archer.recipe import Recipe
 from archer.training import run_folder
+from archer.versions import versions
 
 logger = logging.getLogger(__name__)
 
@@ -350,21 +351,3 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     return f"CPU ({platform.processor() or platform.machine()})"
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    import archer
-
-    return {
-        "archer": archer.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }

@@ -239,3 +239,16 @@ def _json_object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def newest_run(root: str | os.PathLike = "outputs", trained: bool = False) -> Path:
+    """The most recently modified run folder under ``root`` (one holding the ``config.yaml`` that ``archer train``
+    writes first); ``trained``: only runs whose model is saved (``config.json``), what ``archer eval`` can load."""
+    marker = "config.json" if trained else "config.yaml"
+    runs = [p.parent for p in Path(root).glob(f"*/{marker}")] if Path(root).is_dir() else []
+    if not runs:
+        what = "trained model" if trained else "run folder"
+        raise UserError(
+            f"no {what} under {root}/: run `make train` first, or name one (MODEL=<run dir>, archer eval --model)"
+        )
+    return max(runs, key=lambda p: p.stat().st_mtime)

@@ -3,7 +3,7 @@
 TRL samples, scores and computes advantages; this class
 
 1. decides which groups to drop (all rewards equal), on the whole rollout;
-2. trains on each rollout as the reference does (ARCHER.md, "How the authors' run treats the batch"): the kept
+2. trains on each rollout as the reference does (docs/method.md#uniform-groups): the kept
    rows are compacted and cut into mini-batches of ``responses_per_step``, each mini-batch is one optimizer step,
    the rollout is replayed ``num_iterations`` times, and every kept response weighs 1 / ``responses_per_step``.
    Fewer kept rows make fewer optimizer steps; a rollout whose groups are all uniform makes none;
@@ -19,172 +19,20 @@ the rollouts done, as verl steps its scheduler once per rollout. ``metrics.jsonl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
-from archer.objective import ObjectiveConfig, compute_objective
-from archer.training.batch import Batch, resolve_batch, rollout_schedule
+from archer.objective import compute_objective
+from archer.training.batch import rollout_schedule
+from archer.training.config import ArcherConfig
 
 logger = logging.getLogger(__name__)
 
 KEEP_KEY = "archer_keep"  # (B,) float, evaluation only: 0 for responses of a group whose rewards are all equal
-
-# GRPOConfig (and TrainingArguments) fields whose meaning the objective block takes over: TRL reads them only in its
-# own loss (GRPOTrainer._compute_loss, which ArcherTrainer replaces) or the objective derives them. Found by going
-# through every field of TRL 1.16's GRPOConfig; tests/test_trainer.py holds the list to GRPOConfig. A recipe that
-# sets one is refused with the objective key that does the job (an empty entry: the objective has no such knob).
-OBJECTIVE_OWNS: dict[str, str] = {
-    "loss_type": "objective.aggregation (or objective.preset: grpo / dapo)",
-    "epsilon": "objective.knowledge_clip and objective.reasoning_clip",
-    "epsilon_high": "objective.knowledge_clip and objective.reasoning_clip as [low, high]",
-    "delta": "objective.dual_clip",
-    "beta": "objective.knowledge_kl and objective.reasoning_kl",
-    "top_entropy_quantile": "objective.entropy_quantile with objective.pg_on_reasoning_only (preset entropy_mask)",
-    "importance_sampling_level": "",  # the objective's ratios are per token (ARCHER.md step 4)
-    "use_bias_correction_kl": "objective.knowledge_kl and objective.reasoning_kl (k3 KL, ARCHER.md step 7)",
-    "off_policy_mask_threshold": "",
-    "entropy_coef": "",  # ARCHER.md: no entropy bonus
-    "use_adaptive_entropy": "",
-    "entropy_coef_min": "",
-    "entropy_coef_max": "",
-    "entropy_coef_delta": "",
-    "entropy_target": "",
-    "sapo_temperature_neg": "objective.preset",  # TRL's SAPO / VESPO losses are not presets here
-    "sapo_temperature_pos": "objective.preset",
-    "vespo_k_pos": "objective.preset",
-    "vespo_lambda_pos": "objective.preset",
-    "vespo_k_neg": "objective.preset",
-    "vespo_lambda_neg": "objective.preset",
-    "average_tokens_across_devices": "objective.aggregation (each micro-batch is weighted by its responses)",
-}
-
-
-def objective_owned_key_error(key: str) -> str:
-    """The one-line refusal of a trainer option the objective takes over."""
-    where = OBJECTIVE_OWNS[key]
-    if where:
-        return f"trainer.{key}: the objective decides this; set {where} in the 'objective:' block instead"
-    return f"trainer.{key}: TRL's loss option has no effect here and the objective has no such setting; remove it"
-
-
-def trainer_block_problem(block: dict[str, Any]) -> str | None:
-    """A recipe's trainer block sets a key that would be ignored or that contradicts another, or None."""
-    for key in block:
-        if key in OBJECTIVE_OWNS:
-            return objective_owned_key_error(key)
-        if key in ("objective", "objective_overrides"):
-            return f"trainer.{key}: set the objective in the 'objective:' block (preset and overrides)"
-    if "responses_per_step" in block and "gradient_accumulation_steps" in block:
-        return (
-            "trainer: set responses_per_step or gradient_accumulation_steps, not both (the accumulation is derived "
-            "from responses_per_step and the process count at launch)"
-        )
-    return None
-
-
-@dataclass
-class ArcherConfig(GRPOConfig):
-    """GRPOConfig plus the Archer objective and the paper's batch.
-
-    TRL's own loss options (``OBJECTIVE_OWNS``) are refused: the objective block decides clipping, KL and
-    aggregation, and ``beta`` is derived from its KL weights so that TRL loads the reference model and computes its
-    log-probs exactly when the objective needs them. One Trainer step is one rollout (see the module docstring):
-    ``max_steps`` and ``warmup_steps`` count rollouts. The accumulation is derived from ``responses_per_step`` and
-    the process count (:mod:`archer.training.batch`); the Trainer itself runs with ``gradient_accumulation_steps=1`` (its
-    step is a rollout, and ArcherTrainer accumulates), while ``to_dict()`` reports the derived accumulation.
-    """
-
-    objective: str = field(
-        default="archer", metadata={"help": "Objective preset: archer | grpo | dapo | entropy_mask."}
-    )
-    objective_overrides: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "ObjectiveConfig fields overriding the preset's values."}
-    )
-    responses_per_step: int | None = field(
-        default=None,
-        metadata={
-            "help": "The paper's mini-batch: responses per optimizer step, all processes together (the paper: 512). "
-            "gradient_accumulation_steps is then derived as responses_per_step / (per_device_train_batch_size x "
-            "processes). None: per_device_train_batch_size x processes x gradient_accumulation_steps."
-        },
-    )
-    drop_uniform_groups: bool = field(
-        default=True,
-        metadata={
-            "help": "Drop groups whose responses all got the same reward before the update (ARCHER.md): they carry "
-            "no policy gradient, and dropping also removes their KL term and their weight in the loss."
-        },
-    )
-    push_checkpoints: bool = field(
-        default=False,
-        metadata={"help": "Push each saved checkpoint to the Hub repo hub_model_id, on its own revision branch."},
-    )
-    checkpoint_revision_prefix: str = field(
-        default="", metadata={"help": "Prefix of the checkpoint branches: <prefix>step-<N>."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.push_checkpoints and not self.hub_model_id:
-            raise ValueError(
-                "push_checkpoints needs hub_model_id (the Hub repo, org/name, that receives the branches)"
-            )
-        objective = self.objective_config()  # validates preset and overrides
-        derived_beta = max(objective.knowledge_kl, objective.reasoning_kl)
-        defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
-        for key in OBJECTIVE_OWNS:
-            if getattr(self, key) != defaults[key] and not (key == "beta" and self.beta == derived_beta):
-                raise ValueError(objective_owned_key_error(key))
-        self.beta = derived_beta
-        if self.bf16 is None:  # TRL's default is bf16 everywhere; on a machine without bf16 support use float32
-            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if not torch.cuda.is_available():
-            # Without CUDA, say so explicitly: accelerate then runs several launched processes as MULTI_CPU (gloo)
-            # instead of as independent single-process runs.
-            self.use_cpu = True
-            self.dataloader_pin_memory = False  # nothing to pin to; silences a warning per epoch
-        # The batch rule (archer.training.batch) fixes the rollout before TRL derives its own sizes from it.
-        given_accumulation = self.gradient_accumulation_steps
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        batch = self._resolve_batch(world, given_accumulation, self.steps_per_generation)
-        self.generation_batch_size, self.steps_per_generation = batch.generation_batch_size, None
-        super().__post_init__()
-        if self.world_size != world:
-            batch = self._resolve_batch(self.world_size, given_accumulation, None)
-        self.batch = batch
-        self.responses_per_step = batch.responses_per_step
-        self.gradient_accumulation_steps = 1  # the Trainer's step is one rollout; ArcherTrainer accumulates
-
-    def _resolve_batch(self, world: int, accumulation: int, steps_per_generation: int | None) -> Batch:
-        return resolve_batch(
-            num_processes=world,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            num_generations=self.num_generations,
-            responses_per_step=self.responses_per_step,
-            gradient_accumulation_steps=accumulation,
-            generation_batch_size=self.generation_batch_size,
-            steps_per_generation=steps_per_generation,
-            num_iterations=self.num_iterations,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        values = super().to_dict()
-        batch = getattr(self, "batch", None)
-        if batch is not None:  # micro-batches per process per optimizer step, as a reader of the recipe means it
-            values["gradient_accumulation_steps"] = batch.gradient_accumulation_steps
-        return values
-
-    def objective_config(self) -> ObjectiveConfig:
-        return ObjectiveConfig.preset(
-            self.objective, max_completion_length=self.max_completion_length, **self.objective_overrides
-        )
-
 
 # Rollout tensors with one row per response: prompt tensors are left-padded, the others right-padded.
 _PROMPT_KEYS = ("prompt_ids", "prompt_mask")
@@ -213,7 +61,7 @@ class ArcherTrainer(GRPOTrainer):
         """TRL writes a generic card at every checkpoint; ours (archer.publish.card) is rendered at the end of the run."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        """Weight decay on every parameter, as the reference's AdamW (ARCHER.md); transformers exempts biases and
+        """Weight decay on every parameter, as the reference's AdamW (docs/method.md#weight-decay); transformers exempts biases and
         norm weights by default."""
         return [name for name, _ in model.named_parameters()]
 
@@ -397,7 +245,7 @@ class ArcherTrainer(GRPOTrainer):
         # - seq-mean-token-sum-norm (Dr. GRPO): out.loss = mean_i S_i / L (S_i the response's token sum, L =
         #   max_completion_length), so a response weighs 1 / (L x M). verl 0.4's agg_loss sums the rows instead of
         #   averaging them, which times len(micro) / m gives len(micro) / (L x M) per response: the same with the
-        #   reference's one-response micro-batches (ARCHER.md), a micro-batch-size artefact otherwise; we keep the
+        #   reference's one-response micro-batches (docs/method.md#micro-batch), a micro-batch-size artefact otherwise; we keep the
         #   definition that does not depend on the micro-batch.
         rows = (mask.sum(-1) > 0).sum()
         loss = loss * (rows * self.accelerator.num_processes / self.args.responses_per_step)

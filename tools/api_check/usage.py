@@ -20,7 +20,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from archer.devtools.pyapi import (
+from tools.api_check.pyapi import (
     ClassRef,
     ClassSym,
     FuncRef,

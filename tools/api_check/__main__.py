@@ -14,7 +14,7 @@ Three checks, each reading source with ``ast`` (nothing is imported, so no GPU i
 
 Exit code 0 when every name is found, 1 otherwise (each problem printed as ``file:line: ...``), 2 on bad input.
 
-    python -m archer.devtools.api_check [--wheel PATH | --cache-dir DIR] [--root DIR] [--checks vllm,trl,lighteval]
+    python -m tools.api_check [--wheel PATH | --cache-dir DIR] [--root DIR] [--checks vllm,trl,lighteval]
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archer.devtools.pyapi import ClassSym, PackageIndex
-from archer.devtools.usage import Problem, Use, check_source, mentions
+from tools.api_check.pyapi import ClassSym, PackageIndex
+from tools.api_check.usage import Problem, Use, check_source, mentions
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ("vllm", "trl", "lighteval")
 OUR_DIRS = ("src", "eval", "bench")
 # The platform of the wheel we read (its Python source is the same on every platform vLLM builds for).
@@ -138,7 +138,7 @@ def our_files(root: Path, dirs: tuple[str, ...]) -> list[tuple[Path, str]]:
     out = []
     for name in dirs:
         for path in sorted((root / name).rglob("*.py")):
-            if "devtools" not in path.parts:
+            if "tools" not in path.relative_to(root).parts[:1]:
                 out.append((path, path.relative_to(root).as_posix()))
     return out
 
@@ -389,7 +389,7 @@ def check_routes(vllm: PackageIndex, site: Path, label: str) -> tuple[list[Probl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m archer.devtools.api_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.api_check", description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, help="the vLLM wheel to read (default: the pinned one, from the cache)")
     parser.add_argument(
         "--cache-dir",

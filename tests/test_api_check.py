@@ -14,12 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.devtools import api_check
 from archer.devtools.pyapi import ClassSym, FuncSym, PackageIndex
 from archer.devtools.usage import check_source
-
-ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_VLLM = {
     "vllm/__init__.py": """

@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.cli import main
 from archer.evaluation.metrics import aggregate
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 pytestmark = pytest.mark.slow
 

@@ -1,15 +1,14 @@
 """LiveCodeBench: rows in the real code_generation_lite schema, graded in the sandbox with all their tests."""
 
 import json
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation.grading import grade
 from archer.evaluation.runner import load_task_module, score_task
 from archer.evaluation.suite import TaskSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = {
     json.loads(line)["question_id"]: json.loads(line)
     for line in (ROOT / "tests" / "data" / "eval" / "lcb.jsonl").read_text().splitlines()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation import runner
 from archer.evaluation.grading import GradingOptions, grade
@@ -15,7 +16,6 @@ from archer.evaluation.results import average_rows, markdown_table
 from archer.evaluation.runner import EvalRequest, evaluate, grading_options, load_task_module
 from archer.evaluation.suite import load_suite
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 DATA = ROOT / "tests" / "data" / "eval"
 MATH_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench")

@@ -2,15 +2,14 @@
 schema, and scores fixed generations to exactly the hand-computed avg@k / pass@k."""
 
 import json
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation.grading import grade
 from archer.evaluation.runner import load_task_module, score_task
 from archer.evaluation.suite import TaskSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 DATA = ROOT / "tests" / "data" / "eval"
 

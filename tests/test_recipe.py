@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.recipe import load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPES = sorted((REPO / "recipes" / "tiny").glob("*.yaml"))
+TINY_RECIPES = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
 
 
 def write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.recipe import load_recipe
@@ -18,7 +19,6 @@ from archer.rewards import (
     template_requires_think_close,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "tests" / "data" / "chat_templates"
 R1_MATH = ROOT / "recipes" / "DeepSeek-R1-Distill-Qwen-1.5B" / "archer" / "math.yaml"
 R1_CODE = ROOT / "recipes" / "DeepSeek-R1-Distill-Qwen-1.5B" / "archer" / "code.yaml"

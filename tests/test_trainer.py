@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from paths import ROOT
 from transformers import AutoModelForCausalLM, TrainingArguments
 from trl import GRPOConfig
 
@@ -20,8 +21,7 @@ from archer.objective import compute_objective
 from archer.recipe import load_recipe
 from archer.training.trainer import OBJECTIVE_OWNS, ArcherConfig, ArcherTrainer
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"
+SMOKE = ROOT / "recipes" / "tiny" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def read_steps(run: Path) -> list[int]:
 @pytest.mark.slow
 def test_pipeline_writes_a_complete_run_folder(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", cwd=REPO)
+    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in (
         "config.yaml",
@@ -328,12 +328,12 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "cpu_zero3.yaml"])
 def test_two_process_smoke(tmp_path, config):
     run = tmp_path / "run"
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     cmd = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
         "--config_file",
-        str(REPO / "recipes" / "accelerate" / config),
+        str(ROOT / "recipes" / "accelerate" / config),
         "-m",
         "archer.cli",
         "train",
@@ -341,7 +341,7 @@ def test_two_process_smoke(tmp_path, config):
         f"trainer.output_dir={run}",
         "trainer.max_steps=2",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert read_steps(run) == [1, 2]
     results = json.loads((run / "train_results.json").read_text())

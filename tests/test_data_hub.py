@@ -184,17 +184,6 @@ def test_user_errors(tmp_path):
 # archer.data.filtering
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from archer.tiny import TinyModelConfig, build_model, build_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig()).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_select_learnable_keeps_strictly_between_zero_and_one():
     from archer.data.filtering import select_learnable
 

@@ -8,14 +8,8 @@ from paths import ROOT
 
 from archer.errors import UserError
 from archer.evaluation.data import load_rows
-from archer.evaluation.runner import load_task_module
 
 DATA = ROOT / "tests" / "data" / "eval"
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {c.name: c for c in load_task_module(ROOT / "eval" / "archer_tasks.py").TASKS_TABLE}
 
 
 def rows(name: str) -> list[dict]:

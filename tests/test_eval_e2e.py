@@ -35,12 +35,6 @@ def write_suite(path: Path, body: str) -> Path:
     return path
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def run_dirs(model_dir: Path) -> list[Path]:
     return sorted(p for p in (model_dir / "eval").iterdir()) if (model_dir / "eval").exists() else []
 

@@ -13,7 +13,7 @@ from paths import ROOT
 from archer.evaluation import runner
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.results import average_rows, markdown_table
-from archer.evaluation.runner import EvalRequest, evaluate, grading_options, load_task_module
+from archer.evaluation.runner import EvalRequest, evaluate, grading_options
 from archer.evaluation.suite import load_suite
 
 MODULE = ROOT / "eval" / "archer_tasks.py"
@@ -23,11 +23,6 @@ MATH_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench
 
 def rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {config.name: config for config in load_task_module(MODULE).TASKS_TABLE}
 
 
 def doc(tasks, task: str, row: dict):

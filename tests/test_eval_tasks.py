@@ -18,11 +18,6 @@ def rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tasks():
-    return {config.name: config for config in load_task_module(MODULE).TASKS_TABLE}
-
-
 def spec(task: str, k: int, pass_k=()) -> TaskSpec:
     return TaskSpec(task, k, 0.8, 1.0, 64, "chat", tuple(pass_k))
 

@@ -48,19 +48,6 @@ NEVER_PUSHED = [
 CHECKPOINT_PUSHED = ["config.json", "generation_config.json", "model.safetensors", "trainer_state.json"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A real tiny model and tokenizer, saved once for the module."""
-    from archer.tiny.model import TinyModelConfig, build_model
-    from archer.tiny.tokenizer import build_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig(), seed=0).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def run_dir(tmp_path, tiny_model_dir) -> Path:
     """A finished run: model, tokenizer, config, metrics, plots, eval results, a checkpoint and things to keep back."""

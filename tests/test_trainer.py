@@ -308,7 +308,7 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
         "train_results.json",
     ):
         assert (run / name).exists(), name
-    assert read_steps(run) == [1, 2, 3, 4]  # kills and restarts: tests/test_resume.py
+    assert read_steps(run) == [1, 2, 3, 4]  # kills and restarts: tests/test_run_folder.py
     results = json.loads((run / "train_results.json").read_text())
     assert results["global_step"] == 4
     assert 0.0 <= results["heldout_accuracy_before"] <= 1.0 and 0.0 <= results["heldout_accuracy_after"] <= 1.0

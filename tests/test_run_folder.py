@@ -1,5 +1,6 @@
-"""Restarts that continue exactly: a complete run trains nothing, --no-resume never mixes two runs, a torn file is
-skipped instead of crashing resume, and the run folder's files are written whole (issue 14)."""
+"""archer.training.run_folder, restarts that continue exactly: a complete run trains nothing, --no-resume never
+mixes two runs, a torn file is skipped instead of crashing resume, and the run folder's files are written whole
+(issue 14)."""
 
 import hashlib
 import json

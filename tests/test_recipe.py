@@ -169,7 +169,7 @@ ALIAS_BOMB = (
 
 
 def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]:
-    """name -> (recipe file, overrides, expected message) for every bad input of issue 14."""
+    """name -> (recipe file, overrides, expected message) for each bad input: values, keys, files, YAML, overrides."""
     good = base(tmp_path)
 
     def recipe(name: str, raw: dict | None = None, text: bytes | None = None) -> Path:

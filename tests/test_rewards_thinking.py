@@ -46,7 +46,7 @@ def with_template(tokenizer):
 
 
 def test_truncated_reasoning_scores_zero_when_required():
-    # The example: the R1-distill prompt already opened <think>, so this completion never finished thinking.
+    # Cut off mid-thought: the R1-distill prompt already opened <think>, and this completion never closed it.
     assert math_reward([TRUNCATED, CLOSED], ["204", "204"], require_think_close=True) == [0.0, 1.0]
     # Without the requirement (a non-thinking model) the whole completion is the answer, as before.
     assert math_reward([TRUNCATED, CLOSED], ["204", "204"]) == [1.0, 1.0]

@@ -1,6 +1,5 @@
 """archer.training.run_folder, restarts that continue exactly: a complete run trains nothing, --no-resume never
-mixes two runs, a torn file is skipped instead of crashing resume, and the run folder's files are written whole
-(issue 14)."""
+mixes two runs, a torn file is skipped instead of crashing resume, and the run folder's files are written whole."""
 
 import hashlib
 import json

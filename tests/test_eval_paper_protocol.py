@@ -120,7 +120,7 @@ def test_suite_mistakes_are_one_line_errors(tmp_path, tasks):
 
 def test_math_avg_row_is_the_mean_of_each_tasks_avg_at_k():
     k = {"aime24": 64, "aime25": 64, "amc23": 64, "math_500": 4, "minerva": 8, "olympiadbench": 4, "lcb_v5": 8}
-    # The paper's Archer-Math-1.5B row (ARCHER.md): math avg 59.1 from these six avg@K values.
+    # The paper's Archer-Math-1.5B row (docs/method.md#reported-results): math avg 59.1 from these six avg@K values.
     avg = {"aime24": 48.7, "aime25": 33.8, "amc23": 86.0, "math_500": 90.8, "minerva": 35.7, "olympiadbench": 59.3}
     results_tasks = {
         name: {"k": k[name], "metrics": {f"avg@{k[name]}": avg.get(name, 29.4), f"pass@{k[name]}": 50.0}} for name in k

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 
 from archer.ablation.plan import Variant, plan_ablation, variants_from_recipes
 from archer.ablation.report import README_BEGIN, README_END, render_markdown, summarize, update_readme
@@ -17,9 +18,8 @@ from archer.ablation.stats import mean_ci
 from archer.errors import UserError
 from archer.recipe import load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"
-TINY = [REPO / "recipes" / "tiny" / f"{name}.yaml" for name in ("archer", "dapo", "grpo", "entropy_mask")]
+SMOKE = ROOT / "recipes" / "tiny" / "smoke.yaml"
+TINY = [ROOT / "recipes" / "tiny" / f"{name}.yaml" for name in ("archer", "dapo", "grpo", "entropy_mask")]
 
 
 def smoke_variants(*presets: str) -> list[Variant]:
@@ -64,7 +64,7 @@ def test_a_different_sft_gets_its_own_warm_start(tmp_path):
         ([], 2, "name at least one recipe"),
         ([Variant("a", str(SMOKE))], 0, "--seeds 0"),
         ([Variant("a", str(SMOKE)), Variant("a", str(SMOKE))], 1, "appears twice"),
-        ([Variant("a", str(REPO / "recipes" / "Qwen3-4B" / "archer" / "math.yaml"))], 1, "runs tiny recipes"),
+        ([Variant("a", str(ROOT / "recipes" / "Qwen3-4B" / "archer" / "math.yaml"))], 1, "runs tiny recipes"),
         ([Variant("a", str(SMOKE), ("trainer.nonsense=1",))], 1, "trainer.nonsense"),
     ],
 )
@@ -152,7 +152,7 @@ def test_ablate_runs_few_steps_over_two_seeds_and_resumes(tmp_path):
     out = tmp_path / "ablate"
     args = [sys.executable, "-m", "archer.cli", "ablate", str(SMOKE), str(dapo), "--seeds", "2", "--out", str(out)]
     args += ["--workers", "2", "--set", "data.heldout_examples=8", "--set", "trainer.max_steps=2"]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([p for p in (out / "warm_starts").iterdir() if p.is_dir()]) == 2  # one per seed, shared
     for seed in (0, 1):
@@ -169,7 +169,7 @@ def test_ablate_runs_few_steps_over_two_seeds_and_resumes(tmp_path):
     assert "Paired differences against smoke" in proc.stdout
     stamp = (out / "smoke" / "seed0" / "train_results.json").stat().st_mtime_ns
 
-    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done" in again.stderr
     assert (out / "smoke" / "seed0" / "train_results.json").stat().st_mtime_ns == stamp

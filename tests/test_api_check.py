@@ -14,12 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from tools.api_check import __main__ as api_check
 from tools.api_check.pyapi import ClassSym, FuncSym, PackageIndex
 from tools.api_check.usage import check_source
-
-ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_VLLM = {
     "vllm/__init__.py": """

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 from huggingface_hub import ModelCard
+from paths import ROOT
 
 from archer.cli import main
 from archer.errors import UserError
 from archer.publish.card import card_data, render_card, write_card
 from archer.publish.run_info import load_run, read_eval_results
 
-FIXTURE = Path(__file__).parent / "data" / "run_fixture"
+FIXTURE = ROOT / "tests" / "data" / "run_fixture"
 BASE_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 # A PNG header is enough: the card links plots, it never decodes them.
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64

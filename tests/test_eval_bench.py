@@ -1,11 +1,11 @@
 """bench/bench_eval.py honours the bench contract (rows of figure / ours / reference / ratio / target / note)."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_eval.py"
+BENCH = ROOT / "bench" / "bench_eval.py"
 
 
 @pytest.mark.slow

@@ -1,22 +1,15 @@
 """Where benchmark rows come from: local files and dataset folders, the Hub (offline here: a clear error)."""
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.evaluation.data import load_rows
-from archer.evaluation.runner import load_task_module
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "eval"
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {c.name: c for c in load_task_module(ROOT / "eval" / "archer_tasks.py").TASKS_TABLE}
 
 
 def rows(name: str) -> list[dict]:

@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.cli import main
 from archer.evaluation.metrics import aggregate
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,6 @@ def save_tiny(path: Path, seed: int, heldout: int = 6, sft_steps: int = 0) -> Pa
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(f"name: {path.stem}\nmodule: {MODULE}\n{body}")
     return path
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run_dirs(model_dir: Path) -> list[Path]:

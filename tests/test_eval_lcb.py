@@ -1,24 +1,18 @@
 """LiveCodeBench: rows in the real code_generation_lite schema, graded in the sandbox with all their tests."""
 
 import json
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation.grading import grade
-from archer.evaluation.runner import load_task_module, score_task
+from archer.evaluation.runner import score_task
 from archer.evaluation.suite import TaskSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = {
     json.loads(line)["question_id"]: json.loads(line)
     for line in (ROOT / "tests" / "data" / "eval" / "lcb.jsonl").read_text().splitlines()
 }
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {c.name: c for c in load_task_module(ROOT / "eval" / "archer_tasks.py").TASKS_TABLE}
 
 
 def fenced(code: str, reasoning: str = "think") -> str:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "eval"
 CANNED = ROOT / "tests" / "lighteval_models" / "canned.py"
 LOCAL_ROWS = {"archer:aime24": "aime24.jsonl", "archer:math_500": "math500.jsonl"}

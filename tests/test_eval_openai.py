@@ -28,12 +28,6 @@ def model(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("served") / "run", seed=0)
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def evaluate(model: Path, suite: Path, *args: str) -> tuple[dict, dict[str, list[dict]]]:
     """Run `archer eval`; returns results.json and the details rows of its newest run folder."""
     assert main(["eval", "--model", str(model), "--suite", str(suite), *args]) == 0

@@ -8,14 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation import runner
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.results import average_rows, markdown_table
-from archer.evaluation.runner import EvalRequest, evaluate, grading_options, load_task_module
+from archer.evaluation.runner import EvalRequest, evaluate, grading_options
 from archer.evaluation.suite import load_suite
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 DATA = ROOT / "tests" / "data" / "eval"
 MATH_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench")
@@ -23,11 +23,6 @@ MATH_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench
 
 def rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {config.name: config for config in load_task_module(MODULE).TASKS_TABLE}
 
 
 def doc(tasks, task: str, row: dict):
@@ -125,7 +120,7 @@ def test_suite_mistakes_are_one_line_errors(tmp_path, tasks):
 
 def test_math_avg_row_is_the_mean_of_each_tasks_avg_at_k():
     k = {"aime24": 64, "aime25": 64, "amc23": 64, "math_500": 4, "minerva": 8, "olympiadbench": 4, "lcb_v5": 8}
-    # The paper's Archer-Math-1.5B row (ARCHER.md): math avg 59.1 from these six avg@K values.
+    # The paper's Archer-Math-1.5B row (docs/method.md#reported-results): math avg 59.1 from these six avg@K values.
     avg = {"aime24": 48.7, "aime25": 33.8, "amc23": 86.0, "math_500": 90.8, "minerva": 35.7, "olympiadbench": 59.3}
     results_tasks = {
         name: {"k": k[name], "metrics": {f"avg@{k[name]}": avg.get(name, 29.4), f"pass@{k[name]}": 50.0}} for name in k

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.evaluation.suite import load_suite
 
-SUITES = Path(__file__).resolve().parents[1] / "eval" / "suites"
+SUITES = ROOT / "eval" / "suites"
 NAMES = ("aime24", "aime25", "amc23", "math_500", "minerva", "olympiadbench", "lcb_v5", "lcb_v6", "arithmetic")
 KNOWN = {f"archer:{n}" for n in NAMES}
 

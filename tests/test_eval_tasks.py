@@ -2,26 +2,20 @@
 schema, and scores fixed generations to exactly the hand-computed avg@k / pass@k."""
 
 import json
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.evaluation.grading import grade
 from archer.evaluation.runner import load_task_module, score_task
 from archer.evaluation.suite import TaskSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "eval" / "archer_tasks.py"
 DATA = ROOT / "tests" / "data" / "eval"
 
 
 def rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return {config.name: config for config in load_task_module(MODULE).TASKS_TABLE}
 
 
 def spec(task: str, k: int, pass_k=()) -> TaskSpec:

@@ -6,15 +6,15 @@ also exists in vLLM 0.30.0 is checked below against the wheel's source (and by t
 """
 
 import sys
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 from vllm_wheel import class_fields, find_wheel, init_params, method_params
 
 from archer.errors import UserError
 from archer.evaluation.backends.base import BackendOptions, Sampling, problem_seeds
 
-FAKE = Path(__file__).resolve().parent / "fake_vllm"
+FAKE = ROOT / "tests" / "fake_vllm"
 
 
 def _forget_vllm() -> None:

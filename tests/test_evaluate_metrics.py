@@ -7,15 +7,13 @@ import doctest
 import json
 import socket
 import sys
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.sandbox.runner import sandbox_available
 
 evaluate = pytest.importorskip("evaluate", reason="evaluate is installed by `make install` (setup.cfg)")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Hand-worked examples of the Archer objective (ARCHER.md "The objective, exactly"), one per term, and the presets.
+"""Hand-worked examples of the Archer objective (docs/method.md#objective), one per term, and the presets.
 
 Ratios are set through old_logps = 0 and logps = log r; KL terms through ref_logps = logps + d.
 """

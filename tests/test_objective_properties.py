@@ -1,5 +1,5 @@
-"""Property tests of the Archer objective: it equals a literal transcription of ARCHER.md on random inputs and
-configurations, and it is invariant to padding length and to row order."""
+"""Property tests of the Archer objective: it equals a literal transcription of docs/method.md#objective on random
+inputs and configurations, and it is invariant to padding length and to row order."""
 
 import torch
 from hypothesis import given, settings
@@ -9,7 +9,7 @@ from archer.objective import ObjectiveConfig, compute_objective
 
 
 def reference_objective(logps, old_logps, ref_logps, advantages, entropies, mask, cfg):
-    """ARCHER.md steps 1-9 written out per response with plain autograd and torch.quantile; float64."""
+    """docs/method.md#step-1 to #step-9 written out per response with plain autograd and torch.quantile; float64."""
     valid = mask.bool()
     rows = [i for i in range(logps.shape[0]) if valid[i].any()]
     if cfg.quantile_scope == "batch" and rows:

@@ -22,6 +22,7 @@ import torch
 from hubserver import HubServer
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import RepositoryNotFoundError
+from paths import ROOT
 from test_card import make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
@@ -29,7 +30,7 @@ from archer.cli import main
 from archer.errors import UserError
 from archer.publish.hub import CheckpointPusher, push_run, select_checkpoint_files, select_run_files
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = ROOT / "src"
 # Files a checkpoint or run folder may hold that must never reach the Hub.
 NEVER_PUSHED = [
     "optimizer.pt",
@@ -45,19 +46,6 @@ NEVER_PUSHED = [
     "secrets/.env.local",
 ]
 CHECKPOINT_PUSHED = ["config.json", "generation_config.json", "model.safetensors", "trainer_state.json"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A real tiny model and tokenizer, saved once for the module."""
-    from archer.tiny.model import TinyModelConfig, build_model
-    from archer.tiny.tokenizer import build_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig(), seed=0).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture

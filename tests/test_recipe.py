@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.recipe import load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPES = sorted((REPO / "recipes" / "tiny").glob("*.yaml"))
+TINY_RECIPES = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
 
 
 def write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
@@ -169,7 +169,7 @@ ALIAS_BOMB = (
 
 
 def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]:
-    """name -> (recipe file, overrides, expected message) for every bad input of issue 14."""
+    """name -> (recipe file, overrides, expected message) for each bad input: values, keys, files, YAML, overrides."""
     good = base(tmp_path)
 
     def recipe(name: str, raw: dict | None = None, text: bytes | None = None) -> Path:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.planning.dry_run import describe
 from archer.recipe import load_recipe_for_plan
 from archer.training.batch import plan_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
 GPU_RECIPES = [p for p in RECIPES if "tiny" not in p.parts]
 PAPER_RECIPES = [p for p in GPU_RECIPES if "DeepSeek-R1-Distill-Qwen-1.5B" in p.parts]

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from archer.resources import asset, model_card_template, packaged_names, resolve_yaml, tasks_module
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+from archer.resources import asset, model_card_template, packaged_names, resolve_yaml, tasks_module
 
 
 def test_assets_are_links_to_the_top_level_folders():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.rewards import (
@@ -27,7 +28,7 @@ from archer.rewards.livecodebench import functional_matches, stdout_matches
 from archer.sandbox import runner as sandbox
 from archer.sandbox.runner import SandboxUnavailable, sandbox_available
 
-PROBLEMS = {p["question_id"]: p for p in json.loads((Path(__file__).parent / "data/code/problems.json").read_text())}
+PROBLEMS = {p["question_id"]: p for p in json.loads((ROOT / "tests" / "data" / "code" / "problems.json").read_text())}
 _skip_without_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.recipe import load_recipe
@@ -18,7 +19,6 @@ from archer.rewards import (
     template_requires_think_close,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "tests" / "data" / "chat_templates"
 R1_MATH = ROOT / "recipes" / "DeepSeek-R1-Distill-Qwen-1.5B" / "archer" / "math.yaml"
 R1_CODE = ROOT / "recipes" / "DeepSeek-R1-Distill-Qwen-1.5B" / "archer" / "code.yaml"
@@ -46,7 +46,7 @@ def with_template(tokenizer):
 
 
 def test_truncated_reasoning_scores_zero_when_required():
-    # The example: the R1-distill prompt already opened <think>, so this completion never finished thinking.
+    # Cut off mid-thought: the R1-distill prompt already opened <think>, and this completion never closed it.
     assert math_reward([TRUNCATED, CLOSED], ["204", "204"], require_think_close=True) == [0.0, 1.0]
     # Without the requirement (a non-thinking model) the whole completion is the answer, as before.
     assert math_reward([TRUNCATED, CLOSED], ["204", "204"]) == [1.0, 1.0]

@@ -1,4 +1,4 @@
-"""Issue 13: one memory budget per run, no leaked processes, any text runs or fails cleanly, a syscall filter.
+"""Sandbox hardening: one memory budget per run, no leaked processes, any text runs or fails cleanly, a syscall filter.
 
 The memory tests run twice where the machine has a writable cgroup: once under the cgroup (the kernel enforces
 the budget) and once under the measured fallback (the parent sums the run's memory and kills it over budget).

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from paths import ROOT
 from transformers import AutoModelForCausalLM, TrainingArguments
 from trl import GRPOConfig
 
@@ -21,12 +22,12 @@ from archer.recipe import load_recipe
 from archer.training.config import OBJECTIVE_OWNS, ArcherConfig
 from archer.training.trainer import ArcherTrainer
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"
+SMOKE = ROOT / "recipes" / "tiny" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def sft_model_dir(tmp_path_factory):
+    """The tiny model after a 20-step SFT warm start (conftest's tiny_model_dir is the untrained one)."""
     from archer import tiny
     from archer.data.arithmetic import ArithmeticTask
 
@@ -84,8 +85,8 @@ def train_logs(trainer):
     return [h for h in trainer.state.log_history if "loss" in h]
 
 
-def test_clip_acts_when_rollout_batch_is_reused(tiny_model_dir, tmp_path):
-    logs = train_logs(make_trainer(tiny_model_dir, tmp_path, parity_reward))
+def test_clip_acts_when_rollout_batch_is_reused(sft_model_dir, tmp_path):
+    logs = train_logs(make_trainer(sft_model_dir, tmp_path, parity_reward))
     ratios = [h["knowledge/ratio_mean"] for h in logs] + [h["reasoning/ratio_mean"] for h in logs]
     assert any(abs(r - 1.0) > 1e-3 for r in ratios), ratios  # later mini-batches/epochs see a moved policy
     clipped = sum(h[f"{c}/clip_{s}_frac"] for h in logs for c in ("knowledge", "reasoning") for s in ("low", "high"))
@@ -93,8 +94,8 @@ def test_clip_acts_when_rollout_batch_is_reused(tiny_model_dir, tmp_path):
     assert all(0.0 < h["reasoning/frac"] < 0.5 for h in logs)
 
 
-def test_no_reuse_means_ratio_one_and_no_clip(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, parity_reward, steps_per_generation=1, num_iterations=1,
+def test_no_reuse_means_ratio_one_and_no_clip(sft_model_dir, tmp_path):
+    trainer = make_trainer(sft_model_dir, tmp_path, parity_reward, steps_per_generation=1, num_iterations=1,
                            max_steps=3)  # fmt: skip
     logs = [h for h in train_logs(trainer) if "knowledge/ratio_mean" in h]  # rollouts that made a step
     assert logs
@@ -103,10 +104,10 @@ def test_no_reuse_means_ratio_one_and_no_clip(tiny_model_dir, tmp_path):
         assert h["knowledge/clip_low_frac"] == h["knowledge/clip_high_frac"] == 0.0
 
 
-def test_all_uniform_rollout_makes_no_update(tiny_model_dir, tmp_path):
-    before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+def test_all_uniform_rollout_makes_no_update(sft_model_dir, tmp_path):
+    before = AutoModelForCausalLM.from_pretrained(str(sft_model_dir)).state_dict()
     # weight decay 0.1 and AdamW: any optimizer step, even with a zero gradient, would move the weights
-    trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, weight_decay=0.1)
+    trainer = make_trainer(sft_model_dir, tmp_path, constant_reward, weight_decay=0.1)
     logs = train_logs(trainer)
     assert [(h["dropped_group_frac"], h["optimizer_steps"]) for h in logs] == [(1.0, 0.0)]
     assert "entropy/mean" not in logs[0]  # no micro-batch reached the objective
@@ -125,12 +126,12 @@ def half_the_groups_vary(completions, **kwargs):
     return [float(i % 2) if (i // 4) % 2 == 0 else 0.0 for i in range(len(completions))]
 
 
-def test_a_kept_response_weighs_one_over_the_nominal_mini_batch(tiny_model_dir, tmp_path):
+def test_a_kept_response_weighs_one_over_the_nominal_mini_batch(sft_model_dir, tmp_path):
     # One optimizer step over a 16-response rollout (4 groups of 4) of which one group is kept. Plain SGD at lr 1,
     # no clipping and one step make the weight change the gradient itself: it must be (1/16) sum over the 4 kept
     # responses of grad L_i, as the reference weighs them, not their mean.
     trainer = make_trainer(
-        tiny_model_dir, tmp_path, first_group_varies, optim="sgd", learning_rate=1.0, weight_decay=0.0,
+        sft_model_dir, tmp_path, first_group_varies, optim="sgd", learning_rate=1.0, weight_decay=0.0,
         max_grad_norm=0.0, steps_per_generation=2, num_iterations=1, responses_per_step=16,
     )  # fmt: skip
     rollouts = []
@@ -140,7 +141,7 @@ def test_a_kept_response_weighs_one_over_the_nominal_mini_batch(tiny_model_dir, 
     logs = train_logs(trainer)
     assert logs[0]["optimizer_steps"] == 1.0 and logs[0]["dropped_group_frac"] == 0.75
 
-    reference = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(sft_model_dir), dtype=torch.float32)
     batch = rollouts[0]
     kept = torch.arange(4)  # the first group's rows
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)[kept]
@@ -163,10 +164,10 @@ def test_a_kept_response_weighs_one_over_the_nominal_mini_batch(tiny_model_dir, 
         torch.testing.assert_close(change, param.grad, rtol=1e-3, atol=1e-7, msg=name)
 
 
-def test_fewer_kept_rows_make_fewer_steps_and_the_schedule_counts_rollouts(tiny_model_dir, tmp_path):
+def test_fewer_kept_rows_make_fewer_steps_and_the_schedule_counts_rollouts(sft_model_dir, tmp_path):
     # 16 responses per rollout, mini-batches of 8, 2 epochs: 4 steps when every group is kept, 2 when half is
     trainer = make_trainer(
-        tiny_model_dir, tmp_path, half_the_groups_vary, max_steps=3, lr_scheduler_type="constant_with_warmup",
+        sft_model_dir, tmp_path, half_the_groups_vary, max_steps=3, lr_scheduler_type="constant_with_warmup",
         warmup_steps=2, learning_rate=1e-3,
     )  # fmt: skip
     logs = train_logs(trainer)
@@ -175,21 +176,21 @@ def test_fewer_kept_rows_make_fewer_steps_and_the_schedule_counts_rollouts(tiny_
     assert trainer.optimizer_steps_taken() == 6
 
 
-def test_weight_decay_applies_to_every_parameter(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, weight_decay=0.1)
+def test_weight_decay_applies_to_every_parameter(sft_model_dir, tmp_path):
+    trainer = make_trainer(sft_model_dir, tmp_path, constant_reward, weight_decay=0.1)
     trainer.create_optimizer()
     decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
     assert decayed == {id(p) for p in trainer.model.parameters()}  # biases and norm weights included
 
 
-def test_keeping_uniform_groups_still_applies_kl(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, drop_uniform_groups=False)
+def test_keeping_uniform_groups_still_applies_kl(sft_model_dir, tmp_path):
+    trainer = make_trainer(sft_model_dir, tmp_path, constant_reward, drop_uniform_groups=False)
     logs = train_logs(trainer)
     assert [h["dropped_group_frac"] for h in logs if "dropped_group_frac" in h] == [1.0]  # still reported...
     assert all(h["entropy/mean"] > 0.0 and h["reasoning/frac"] > 0.0 for h in logs)  # ...but the rows stay in
 
 
-def test_a_bfloat16_recipe_keeps_fp32_master_weights(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_bfloat16_recipe_keeps_fp32_master_weights(sft_model_dir, tmp_path, monkeypatch):
     # The paper recipes load bfloat16; outside DeepSpeed AdamW would then update bf16 weights, where a 1e-6 step
     # is lost to rounding for almost every weight. The model must load in float32 (bf16 only as autocast).
     from archer.data.arithmetic import ArithmeticTask
@@ -203,14 +204,14 @@ def test_a_bfloat16_recipe_keeps_fp32_master_weights(tiny_model_dir, tmp_path, m
         activation_checkpointing=False,
     )  # fmt: skip
     recipe.write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(tiny_model_dir), "dtype": "bfloat16"},
+        "model": {"name_or_path": str(sft_model_dir), "dtype": "bfloat16"},
         "data": {"dataset": "arithmetic", "heldout_examples": 0},
         "objective": {"preset": "dapo"},  # no reference model needed
         "trainer": trainer_block,
     }))  # fmt: skip
     # an untrained model scores 0 on arithmetic (an all-uniform rollout makes no update): reward parity instead
     monkeypatch.setattr("archer.training.pipeline.reward_funcs", lambda recipe, tokenizer=None: [parity_reward])
-    trainer = _build_trainer(load_recipe(recipe), str(tiny_model_dir), ArithmeticTask().dataset(64, seed=1), "r1")
+    trainer = _build_trainer(load_recipe(recipe), str(sft_model_dir), ArithmeticTask().dataset(64, seed=1), "r1")
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     assert all(v.dtype == torch.float32 for v in before.values())
     assert train_logs(trainer)[0]["optimizer_steps"] >= 1
@@ -297,7 +298,7 @@ def read_steps(run: Path) -> list[int]:
 @pytest.mark.slow
 def test_pipeline_writes_a_complete_run_folder(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", cwd=REPO)
+    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in (
         "config.yaml",
@@ -308,7 +309,7 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
         "train_results.json",
     ):
         assert (run / name).exists(), name
-    assert read_steps(run) == [1, 2, 3, 4]  # kills and restarts: tests/test_resume.py
+    assert read_steps(run) == [1, 2, 3, 4]  # kills and restarts: tests/test_run_folder.py
     results = json.loads((run / "train_results.json").read_text())
     assert results["global_step"] == 4
     assert 0.0 <= results["heldout_accuracy_before"] <= 1.0 and 0.0 <= results["heldout_accuracy_after"] <= 1.0
@@ -329,12 +330,12 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "cpu_zero3.yaml"])
 def test_two_process_smoke(tmp_path, config):
     run = tmp_path / "run"
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     cmd = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
         "--config_file",
-        str(REPO / "recipes" / "accelerate" / config),
+        str(ROOT / "recipes" / "accelerate" / config),
         "-m",
         "archer.cli",
         "train",
@@ -342,7 +343,7 @@ def test_two_process_smoke(tmp_path, config):
         f"trainer.output_dir={run}",
         "trainer.max_steps=2",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert read_steps(run) == [1, 2]
     results = json.loads((run / "train_results.json").read_text())

@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "src", "eval", "model_cards", "recipes")
 pytestmark = pytest.mark.slow
 

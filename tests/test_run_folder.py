@@ -1,5 +1,5 @@
-"""Restarts that continue exactly: a complete run trains nothing, --no-resume never mixes two runs, a torn file is
-skipped instead of crashing resume, and the run folder's files are written whole (issue 14)."""
+"""archer.training.run_folder, restarts that continue exactly: a complete run trains nothing, --no-resume never
+mixes two runs, a torn file is skipped instead of crashing resume, and the run folder's files are written whole."""
 
 import hashlib
 import json
@@ -13,19 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.files import append_line, atomic_write_text, read_jsonl
 from archer.training import run_folder
 from archer.training.callbacks import MetricsFileCallback
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"  # 4 steps (rollouts), a checkpoint every 2
+SMOKE = ROOT / "recipes" / "tiny" / "smoke.yaml"  # 4 steps (rollouts), a checkpoint every 2
 
 
 def train(run: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "archer.cli", "train", str(SMOKE), f"trainer.output_dir={run}", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def steps(run: Path) -> list[int]:
@@ -119,7 +119,7 @@ def test_no_resume_moves_the_old_run_aside_and_a_kill_resumes_only_the_new_run(r
     args = [f"trainer.max_steps={total}", "trainer.save_steps=4"]
     cmd = [sys.executable, "-m", "archer.cli", "train", str(SMOKE), f"trainer.output_dir={run}", *args]
     proc = subprocess.Popen(
-        [*cmd, "--no-resume"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [*cmd, "--no-resume"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     aside = run.with_name("run.old-1")
     deadline = time.time() + 600
@@ -135,7 +135,7 @@ def test_no_resume_moves_the_old_run_aside_and_a_kill_resumes_only_the_new_run(r
     assert new_id != old_id and json.loads((aside / "run.json").read_text())["run_id"] == old_id
     assert json.loads((aside / "train_results.json").read_text())["global_step"] == 4  # the old run, untouched
 
-    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     newest = run_folder.newest_checkpoint(run, new_id)
     assert "resuming from" in resumed.stderr and "skipping" not in resumed.stderr

@@ -1,11 +1,11 @@
 """bench/bench_trainer.py records and replays the objective calls of an Archer step (its share of the step)."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = ROOT / "bench"
 
 
 @pytest.mark.slow  # builds a tiny Archer trainer and runs one step

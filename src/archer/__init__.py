@@ -1,5 +1,7 @@
 """Archer: dual-token constraints for RL from verifiable rewards, on Hugging Face tooling."""
 
+from typing import Any
+
 __version__ = "0.1.0"
 PAPER_URL = (
     "https://arxiv.org/abs/2507.15778"  # Stabilizing Knowledge, Promoting Reasoning: Dual-Token Constraints for RLVR
@@ -15,7 +17,7 @@ _PUBLIC = {
 __all__ = ["PAPER_URL", "__version__", *_PUBLIC]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         import importlib
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -127,20 +127,27 @@ class ObjectiveConfig:
     @property
     def knowledge_bounds(self) -> tuple[float, float]:
         """The ratio interval [1 - low, 1 + high] of knowledge tokens."""
-        return 1.0 - self.knowledge_clip[0], 1.0 + self.knowledge_clip[1]
+        low, high = _pair(self.knowledge_clip)
+        return 1.0 - low, 1.0 + high
 
     @property
     def reasoning_bounds(self) -> tuple[float, float]:
         """The ratio interval [1 - low, 1 + high] of reasoning tokens."""
-        return 1.0 - self.reasoning_clip[0], 1.0 + self.reasoning_clip[1]
+        low, high = _pair(self.reasoning_clip)
+        return 1.0 - low, 1.0 + high
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready values (clip ranges as [low, high] lists)."""
         return {
             **dataclasses.asdict(self),
-            "knowledge_clip": [*self.knowledge_clip],
-            "reasoning_clip": [*self.reasoning_clip],
+            "knowledge_clip": [*_pair(self.knowledge_clip)],
+            "reasoning_clip": [*_pair(self.reasoning_clip)],
         }
+
+
+def _pair(clip: ClipRange) -> tuple[float, float]:
+    """A clip range after ``__post_init__``, which turns a float into the pair (low, high)."""
+    return cast(tuple[float, float], clip)
 
 
 def _number(name: str, value: Any) -> float:
@@ -258,14 +265,15 @@ def compute_objective(
             return total.sum() / divisor.sum().clamp(min=1)
         return (total.sum(-1) / divisor.clamp(min=1)).sum() / responses
 
-    # seq-mean-token-sum-norm divides the policy term by a fixed length instead of |o_i|.
-    sum_norm = cfg.aggregation == "seq-mean-token-sum-norm"
-    pg_divisor = torch.full_like(n_tokens, cfg.max_completion_length) if sum_norm else n_tokens
+    # seq-mean-token-sum-norm divides the policy term by a fixed length (max_completion_length) instead of |o_i|.
+    fixed = cfg.max_completion_length if cfg.aggregation == "seq-mean-token-sum-norm" else None
+    pg_divisor = torch.full_like(n_tokens, fixed) if fixed is not None else n_tokens
     pg_loss = aggregate(pg, reasoning if cfg.pg_on_reasoning_only else valid, pg_divisor)
     kl_loss = torch.zeros((), dtype=dtype, device=logps.device)
     for members, beta in ((knowledge, cfg.knowledge_kl), (reasoning, cfg.reasoning_kl)):
         if beta > 0:  # kl_normalization "class": the class's own count; "response": the policy term's divisor
             divisor = members.sum(-1).to(dtype) if cfg.kl_normalization == "class" else pg_divisor
+            assert kl is not None  # _check_inputs: a KL weight > 0 needs ref_logps
             kl_loss = kl_loss + beta * aggregate(kl, members, divisor)
 
     with torch.no_grad():
@@ -308,7 +316,15 @@ def _metrics(valid, reasoning, knowledge, entropy, tau, ratio, lower, upper, adv
     return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))  # dict[str, float]
 
 
-def _check_inputs(logps, old_logps, ref_logps, advantages, entropies, mask, cfg: ObjectiveConfig) -> None:
+def _check_inputs(
+    logps: Tensor,
+    old_logps: Tensor | None,
+    ref_logps: Tensor | None,
+    advantages: Tensor,
+    entropies: Tensor,
+    mask: Tensor,
+    cfg: ObjectiveConfig,
+) -> None:
     if logps.dim() != 2:
         raise ValueError(f"logps must be (B, T), got shape {tuple(logps.shape)}")
     for name, tensor in (("old_logps", old_logps), ("ref_logps", ref_logps), ("entropies", entropies), ("mask", mask)):

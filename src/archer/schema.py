@@ -60,7 +60,7 @@ def check_field(
         value = coerce(value, typing.get_type_hints(cls).get(key, Any))
     except TypeError as err:
         raise UserError(f"{path}: {where}.{key}: {err}") from None
-    if key in (limits or {}) and value is not None:
+    if limits and key in limits and value is not None:
         check, valid = limits[key]
         if not check(value):
             raise UserError(f"{path}: {where}.{key}={short(value)}: must be {valid}")

@@ -6,12 +6,19 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from archer.ablation.plan import AblationRun, Plan
 from archer.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import Qwen2ForCausalLM
+
+    from archer.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +39,15 @@ def _child_setup(log: Path, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def load_run_recipe(run: AblationRun):
+def load_run_recipe(run: AblationRun) -> Recipe:
     from archer.recipe import load_recipe
 
     return load_recipe(run.recipe_path, list(run.overrides))
 
 
-def warm_start_job(run: AblationRun, threads: int, sft_callback=None) -> str:
+def warm_start_job(
+    run: AblationRun, threads: int, sft_callback: Callable[[int, Qwen2ForCausalLM], None] | None = None
+) -> str:
     """Build and SFT the tiny model for ``run``'s seed into its warm-start folder (atomically: tmp, then rename)."""
     _child_setup(run.warm_dir.with_suffix(".log"), threads)
     from archer.training.pipeline import SFT_RESULTS, warm_start
@@ -122,7 +131,7 @@ def execute(plan: Plan, workers: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def exclusive(out: Path):
+def exclusive(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the whole ablation: two invocations on one folder would build the same runs."""
     import fcntl
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def summarize(plan: Plan, command: str) -> dict[str, Any]:
         paired[name] = {}
         for key in PAIRED:
             seeds = sorted(set(per_run[name]) & set(per_run[first]))
-            diffs = {s: per_run[name][s][key] - per_run[first][s][key] for s in seeds}
+            pairs = {s: (per_run[name][s][key], per_run[first][s][key]) for s in seeds}
+            diffs = {s: a - b for s, (a, b) in pairs.items() if a is not None and b is not None}  # None: not recorded
             paired[name][key] = {
                 "per_seed": diffs,
                 "mean_ci": mean_ci(list(diffs.values())),
@@ -107,7 +109,8 @@ def summarize(plan: Plan, command: str) -> dict[str, Any]:
             "paired": paired}  # fmt: skip
 
 
-def _cell(mean: float, half: float, digits: int) -> str:
+def _cell(ci: Sequence[float], digits: int) -> str:
+    mean, half = ci  # mean_ci's (mean, half-width)
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
@@ -126,7 +129,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     for metric in METRICS:
         digits = 1 if metric.percent or metric.key.endswith("gain") else 2 if metric.key != "entropy" else 3
-        cells = [_cell(*summary["table"][n][metric.key], digits) for n in names]
+        cells = [_cell(summary["table"][n][metric.key], digits) for n in names]
         lines.append(f"| {metric.label} | " + " | ".join(cells) + " |")
     for prefix, label in (("avg8", "avg@8 (T 0.8)"), ("greedy", "greedy")):
         lines += ["", f"Held-out {label} (%) per seed, after SFT → after RL:", ""]
@@ -154,7 +157,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 label = "avg@8" if key == "avg8_after" else "greedy"
                 lines.append(
                     f"| {name} | {label} | " + " | ".join(cells)
-                    + f" | {_cell(*entry['mean_ci'], 1)} | {entry['wins']} / {entry['losses']} |"
+                    + f" | {_cell(entry['mean_ci'], 1)} | {entry['wins']} / {entry['losses']} |"
                 )  # fmt: skip
     return "\n".join(lines) + "\n"
 

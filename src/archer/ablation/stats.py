@@ -23,11 +23,11 @@ def t975(n: int) -> float:
     return T975[below] if below is not None else 1.96
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (nan with fewer than two values)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+def mean_ci(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (nan with fewer than two values); None and nan are skipped."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
         return math.nan, math.nan
-    if len(values) < 2:
-        return values[0], math.nan
-    return statistics.mean(values), t975(len(values)) * statistics.stdev(values) / math.sqrt(len(values))
+    if len(kept) < 2:
+        return kept[0], math.nan
+    return statistics.mean(kept), t975(len(kept)) * statistics.stdev(kept) / math.sqrt(len(kept))

@@ -118,6 +118,7 @@ class ArithmeticTask:
         seed = self.heldout_seed if seed is None else seed
         if not 1 <= n <= self.num_problems // 2:
             raise UserError(f"held-out n={n}: must be between 1 and {self.num_problems // 2} for this task")
+        problems: list[ArithmeticProblem]
         rng, seen, problems = random.Random(seed), set(), []
         while len(problems) < n:
             problem = self._draw(rng)

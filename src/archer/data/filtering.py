@@ -181,7 +181,9 @@ def transformers_sampler(model: Any, tokenizer: Any, config: FilterConfig) -> Sa
     return sample
 
 
-def vllm_sampler(model: str, config: FilterConfig, tensor_parallel_size: int = 1, max_model_length: int | None = None):
+def vllm_sampler(
+    model: str, config: FilterConfig, tensor_parallel_size: int = 1, max_model_length: int | None = None
+) -> Sampler:
     """k answers per prompt from a vLLM engine (GPU; the GPU install, ``make install-gpu``)."""
     try:
         from vllm import LLM, SamplingParams

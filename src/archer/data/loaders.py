@@ -150,7 +150,9 @@ def normalize_code_tests(raw: Any, fn_name: str | None = None) -> tuple[list[dic
         if not isinstance(test, dict) or "input" not in test or "output" not in test:
             return None
         fn_name = test.get("fn_name") or fn_name
-        kind = test.get("testtype") or {"function_call": "functional", "stdin_stdout": "stdin"}.get(test.get("type"))
+        kind = test.get("testtype") or {"function_call": "functional", "stdin_stdout": "stdin"}.get(
+            test.get("type", "")
+        )
         kind = kind or ("functional" if fn_name else "stdin")
         if kind == "functional":
             if not fn_name:

@@ -70,7 +70,7 @@ def _grade_code(
     # sandboxes (ARCHER_SANDBOX_WORKERS) and raises SandboxUnavailable (a UserError) without bubblewrap.
     from archer.rewards import code_reward, extract_code
 
-    limits = {
+    limits: dict[str, Any] = {
         key: value
         for key, value in (("timeout_s", options.code_timeout_s), ("memory_mb", options.code_memory_mb))
         if value is not None

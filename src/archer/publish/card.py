@@ -127,7 +127,7 @@ def _objective_summary(objective: dict[str, Any]) -> str | None:
 
 
 def _compute(train_results: dict[str, Any]) -> dict[str, str]:
-    compute = train_results.get("compute") if isinstance(train_results.get("compute"), dict) else {}
+    compute = train_results["compute"] if isinstance(train_results.get("compute"), dict) else {}
     out = {}
     if compute.get("device"):
         out["hardware"] = str(compute["device"])

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
@@ -96,7 +97,8 @@ def _relative_files(folder: Path) -> list[str]:
 
 
 def _allowed(paths: list[str], allow: tuple[str, ...] | list[str] | None = None) -> list[str]:
-    return list(filter_repo_objects(paths, allow_patterns=allow, ignore_patterns=list(DENY_PATTERNS)))
+    patterns = None if allow is None else list(allow)
+    return list(filter_repo_objects(paths, allow_patterns=patterns, ignore_patterns=list(DENY_PATTERNS)))
 
 
 def select_run_files(run_dir: str | os.PathLike) -> list[str]:
@@ -175,7 +177,7 @@ def push_files(
             logger.warning("%s already exists and is public: --private only applies when creating a repo", repo_id)
         commit = api.upload_folder(
             repo_id=repo_id,
-            folder_path=folder,
+            folder_path=Path(folder),
             revision=branch,
             allow_patterns=[glob.escape(path) for path in files],
             ignore_patterns=list(DENY_PATTERNS),
@@ -249,9 +251,10 @@ class CheckpointPusher(TrainerCallback):
     def branch(self, step: int) -> str:
         return f"{self.branch_prefix}step-{step}"
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
+        assert args.output_dir is not None  # TrainingArguments.__post_init__ fills in its default
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not checkpoint.is_dir():
             logger.warning("not pushing step %d: %s does not exist", state.global_step, checkpoint)
@@ -262,7 +265,9 @@ class CheckpointPusher(TrainerCallback):
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archer-push")
             self._pending.append(self._executor.submit(self._push, state.global_step, staging))
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.wait()
 
     def wait(self) -> None:

@@ -67,7 +67,7 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
     for name, entry in tasks_raw.items() if isinstance(tasks_raw, dict) else ():
         if not isinstance(entry, dict):
             continue
-        source = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else entry
+        source = entry["metrics"] if isinstance(entry.get("metrics"), dict) else entry
         metrics = {
             str(key): number
             for key, value in source.items()
@@ -84,8 +84,8 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
                     dataset=dataset if isinstance(dataset, str) else None,
                 )
             )
-    protocol = raw.get("protocol") if isinstance(raw.get("protocol"), dict) else {}
-    versions = raw.get("versions") if isinstance(raw.get("versions"), dict) else {}
+    protocol = raw["protocol"] if isinstance(raw.get("protocol"), dict) else {}
+    versions = raw["versions"] if isinstance(raw.get("versions"), dict) else {}
     model, suite = raw.get("model"), raw.get("suite")
     return EvalResults(
         path=path,

@@ -210,6 +210,7 @@ class _VerifierPool:
                             worker.ready = True
                         else:
                             index, _ = busy[worker]
+                            assert index is not None  # a ready worker's entry holds its job
                             results[index] = value
                         busy.pop(worker, None)
                         dispatch(worker)

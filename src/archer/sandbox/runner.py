@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from archer.errors import UserError
 from archer.sandbox import limits as sandbox_limits
@@ -354,7 +355,7 @@ def _run(
     ]
     if not limits.cgroup_pids:  # the fallback: per uid of the run's user namespace
         rlimits.append((int(resource.RLIMIT_NPROC), max_processes))
-    extra = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if _drop_to_nobody() else {}
+    extra: dict[str, Any] = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if _drop_to_nobody() else {}
     start = time.perf_counter()
     deadline = start + timeout_s
     pipes, budget = _Pipes(), limits.open(memory_mb << 20, max_processes)

@@ -65,7 +65,9 @@ def generate_completions(
                 padding_side="left",
                 add_special_tokens=False,
             ).to(model.device)
-            out = model.generate(
+            # PreTrainedModel's type lacks generate (GenerationMixin is mixed into the *ForCausalLM classes), so
+            # nn.Module.__getattr__ types it as a Tensor
+            out = model.generate(  # type: ignore[operator]
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,

@@ -66,7 +66,8 @@ def build_model(
     cfg = cfg or TinyModelConfig()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(qwen2_config(tokenizer, cfg)).to(torch.float32)
+        # PreTrainedModel.to is wrapped in functools.wraps, whose typeshed type leaves `self` unbound
+        model = Qwen2ForCausalLM(qwen2_config(tokenizer, cfg)).to(torch.float32)  # type: ignore[arg-type]
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 SCHEDULES = ("cosine", "linear", "constant")
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)  # run_sft's callback gets the model it was given
 
 
 @dataclass
@@ -126,11 +127,11 @@ def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
 
 
 def run_sft(
-    model: PreTrainedModel,
+    model: ModelT,
     tokenizer: PreTrainedTokenizerBase,
     task: ArithmeticTask,
     cfg: SFTConfig | None = None,
-    callback: Callable[[int, PreTrainedModel], None] | None = None,
+    callback: Callable[[int, ModelT], None] | None = None,
 ) -> dict[str, Any]:
     """Warm-start ``model`` in place; return stats (losses, wall time, examples seen).
 
@@ -172,7 +173,7 @@ def run_sft(
                 history.append((step + 1, validation_accuracy(model, tokenizer, validation)))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", validation=f"{history[-1][1]:.3f}")
                 logger.info("SFT step %d: validation accuracy %.3f", step + 1, history[-1][1])
-                if history[-1][1] >= cfg.target_accuracy:
+                if cfg.target_accuracy is not None and history[-1][1] >= cfg.target_accuracy:
                     logger.info("SFT stops early: validation accuracy reached %.3f", cfg.target_accuracy)
                     break
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:

@@ -76,7 +76,7 @@ def resolve_batch(
     *,
     num_processes: int,
     per_device_train_batch_size: int,
-    num_generations: int,
+    num_generations: int | None,
     responses_per_step: int | None = None,
     gradient_accumulation_steps: int = 1,
     generation_batch_size: int | None = None,
@@ -92,7 +92,7 @@ def resolve_batch(
     ):
         if value < 1:
             raise BatchError(f"trainer.{name}={value}: must be >= 1")
-    if num_generations < 2:
+    if num_generations is None or num_generations < 2:  # GRPOConfig types it int | None
         raise BatchError(f"trainer.num_generations={num_generations}: GRPO needs >= 2 responses per prompt")
     micro_all = per_device_train_batch_size * num_processes  # responses in one micro-batch of every process
     if responses_per_step is not None:

@@ -84,7 +84,7 @@ class RunIdCallback(TrainerCallback, ExportableState):
     callbacks there), so a restart resumes only from checkpoints of the run that owns the folder (archer.training.run_folder).
     """
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str | None) -> None:  # as run_folder.read_run_id returns it
         self.run_id = run_id
 
     def state(self) -> dict:

@@ -13,8 +13,9 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,6 +24,14 @@ from archer.files import YAML_LOADER, atomic_write_json, atomic_write_text
 from archer.recipe import Recipe
 from archer.training import run_folder
 from archer.versions import versions
+
+if TYPE_CHECKING:
+    import datasets
+    from accelerate import PartialState
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2ForCausalLM
+
+    from archer.data.arithmetic import ArithmeticTask
+    from archer.training.trainer import ArcherTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +81,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     trainer.save_model(str(out))
     state.wait_for_everyone()
 
-    summary: dict[str, Any] = {}
+    summary = {}
     if state.is_main_process:
         from archer.training.plots import plot_run
 
@@ -87,7 +96,15 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     return summary
 
 
-def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state) -> dict[str, Any]:
+def _write_results(
+    recipe: Recipe,
+    out: Path,
+    run_id: str | None,
+    global_step: int,
+    runtime: dict[str, Any],
+    sft_summary: dict[str, Any],
+    state: PartialState,
+) -> dict[str, Any]:
     """train_results.json (with the held-out score of the final model for tiny recipes), then the model card."""
     from archer.publish.card import write_card
 
@@ -113,7 +130,7 @@ def _write_results(recipe, out, run_id, global_step, runtime, sft_summary, state
     return summary
 
 
-def _complete_run(recipe: Recipe, out: Path, point: run_folder.ResumePoint, state) -> dict[str, Any]:
+def _complete_run(recipe: Recipe, out: Path, point: run_folder.ResumePoint, state: PartialState) -> dict[str, Any]:
     """A run that reached max_steps: train nothing, write only the end-of-run products a kill left missing."""
     from archer.publish.card import write_card
 
@@ -190,7 +207,7 @@ def local_model_context():
         deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-def _prepare_model(recipe: Recipe, out: Path, state) -> tuple[str, dict[str, Any]]:
+def _prepare_model(recipe: Recipe, out: Path, state: PartialState) -> tuple[str, dict[str, Any]]:
     """The path RL starts from. For the tiny model: build + SFT once (main process first), reused on resume."""
     if not recipe.model.is_tiny:
         return recipe.model.name_or_path, {}
@@ -208,7 +225,9 @@ def _sft_summary(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def warm_start(recipe: Recipe, sft_dir: Path, sft_callback=None) -> None:
+def warm_start(
+    recipe: Recipe, sft_dir: Path, sft_callback: Callable[[int, Qwen2ForCausalLM], None] | None = None
+) -> None:
     """Build the tiny model, SFT it on the task, save it, and score it on the held-out set.
 
     ``sft_callback(steps_done, model)`` runs after every SFT step (the calibration bench probes the model with it)."""
@@ -226,13 +245,13 @@ def warm_start(recipe: Recipe, sft_dir: Path, sft_callback=None) -> None:
     atomic_write_json(sft_dir / SFT_RESULTS, summary)  # last: its presence means the warm start is complete
 
 
-def _task(recipe: Recipe):
+def _task(recipe: Recipe) -> ArithmeticTask:
     from archer.data.arithmetic import ArithmeticTask
 
     return ArithmeticTask(**recipe.data.task)
 
 
-def _train_dataset(recipe: Recipe):
+def _train_dataset(recipe: Recipe) -> datasets.Dataset:
     data = recipe.data
     if data.is_builtin:
         n = data.num_examples or 20_000
@@ -261,7 +280,9 @@ def reward_funcs(recipe: Recipe, tokenizer: Any = None) -> list:
     return funcs
 
 
-def _build_trainer(recipe: Recipe, model_path: str, train_dataset, run_id: str):
+def _build_trainer(
+    recipe: Recipe, model_path: str, train_dataset: datasets.Dataset, run_id: str | None
+) -> ArcherTrainer:
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -320,7 +341,9 @@ def _load_dtype(recipe: Recipe) -> str:
     return precision.load_dtype
 
 
-def _heldout(recipe: Recipe, model, tokenizer, when: str, model_dir: Path) -> dict[str, Any]:
+def _heldout(
+    recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, when: str, model_dir: Path
+) -> dict[str, Any]:
     """Accuracy on the task's reserved held-out problems (never drawn for training): greedy, and sampled as
     `make eval` samples (the tiny suite: avg@k at the paper's temperature), on the model saved in ``model_dir``."""
     from archer import tiny

@@ -134,7 +134,7 @@ def newest_checkpoint(out: Path, run_id: str, log: bool = True) -> Checkpoint | 
     for step, path in found:
         state = _json_object(path / TRAINER_STATE)
         problem = checkpoint_problem(path, step, state)
-        if problem is not None:
+        if problem is not None or state is None:  # a None state always has a problem
             if log:
                 logger.warning("skipping %s: %s", path, problem)
             continue

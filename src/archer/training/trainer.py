@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from datasets import Dataset
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from archer.objective import compute_objective
 from archer.training.batch import rollout_schedule
@@ -36,13 +39,24 @@ KEEP_KEY = "archer_keep"  # (B,) float, evaluation only: 0 for responses of a gr
 
 # Rollout tensors with one row per response: prompt tensors are left-padded, the others right-padded.
 _PROMPT_KEYS = ("prompt_ids", "prompt_mask")
-_ROW_KEYS = ("advantages", "completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps")
-_ROW_KEYS += ("importance_sampling_ratio", "tool_mask")
+_ROW_KEYS = (
+    "advantages",
+    "completion_ids",
+    "completion_mask",
+    "old_per_token_logps",
+    "ref_per_token_logps",
+    "importance_sampling_ratio",
+    "tool_mask",
+)
 _UNUSED_KEYS = ("num_items_in_batch", "sampling_per_token_logps")
+_COUNTS_ROLLOUTS = "archer_counts_rollouts"  # set on a LambdaLR whose factors read the rollouts done
 
 
 class ArcherTrainer(GRPOTrainer):
     """GRPOTrainer whose loss is the Archer objective (or one of its baseline presets)."""
+
+    args: ArcherConfig  # checked in __init__
+    model: torch.nn.Module  # GRPOTrainer always has one
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,31 +74,37 @@ class ArcherTrainer(GRPOTrainer):
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """TRL writes a generic card at every checkpoint; ours (archer.publish.card) is rendered at the end of the run."""
 
-    def get_decay_parameter_names(self, model) -> list[str]:
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Weight decay on every parameter, as the reference's AdamW (docs/method.md#weight-decay); transformers exempts biases and
         norm weights by default."""
         return [name for name, _ in model.named_parameters()]
 
     # --- one Trainer step is one rollout --------------------------------------------------------------------
-    def _get_train_sampler(self, dataset=None):
+    def _get_train_sampler(self, dataset: Dataset | None = None) -> RepeatSampler:
         sampler = super()._get_train_sampler(dataset)
+        assert isinstance(sampler, RepeatSampler)  # what GRPOTrainer returns, typed as any Sampler
         sampler.repeat_count = 1  # TRL repeats a rollout's prompts once per micro-step; here a step takes it whole
         return sampler
 
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRScheduler:
         scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if isinstance(scheduler, LambdaLR) and not getattr(scheduler, "archer_counts_rollouts", False):
+        if isinstance(scheduler, LambdaLR) and not getattr(scheduler, _COUNTS_ROLLOUTS, False):
             # Every schedule of transformers' get_scheduler is a LambdaLR: make it a function of the rollouts done,
             # so that it reads the same whoever steps it (the Trainer once per rollout, DeepSpeed's engine once
             # per optimizer step) and however many optimizer steps a rollout makes.
             scheduler.lr_lambdas = [_at_rollout(fn, self) for fn in scheduler.lr_lambdas]
-            scheduler.archer_counts_rollouts = True
+            setattr(scheduler, _COUNTS_ROLLOUTS, True)
         return scheduler
 
-    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         """Sample and score one rollout, then train on its kept rows: zero or more optimizer steps."""
         model.train()
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+        if self.optimizer is not None and hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         self._set_rollout_learning_rate()
         rollout = self._generate_and_score_completions(inputs)
@@ -95,7 +115,7 @@ class ArcherTrainer(GRPOTrainer):
             keep = torch.ones(rows["advantages"].size(0), dtype=torch.bool)
         schedule = rollout_schedule(
             keep,
-            responses_per_step=self.args.responses_per_step,
+            responses_per_step=self.args.batch.responses_per_step,
             micro_batch=self.args.per_device_train_batch_size,
             num_iterations=self.args.num_iterations,
             num_processes=self.accelerator.num_processes,
@@ -105,6 +125,7 @@ class ArcherTrainer(GRPOTrainer):
         step_losses = []
         for micros in schedule:
             loss = sum(self._backward(model, rows, index, sync=i == len(micros) - 1) for i, index in enumerate(micros))
+            assert isinstance(loss, torch.Tensor)  # every optimizer step has at least one micro-batch
             self._metrics["train"]["grad_norm"].append(self._optimizer_step(model))
             step_losses.append(loss)
         self.accelerator.gradient_state._set_sync_gradients(True)
@@ -118,7 +139,7 @@ class ArcherTrainer(GRPOTrainer):
         scheduler = self.lr_scheduler
         while scheduler is not None and not isinstance(scheduler, LambdaLR):
             scheduler = getattr(scheduler, "scheduler", None)
-        if scheduler is None or not getattr(scheduler, "archer_counts_rollouts", False):
+        if scheduler is None or not getattr(scheduler, _COUNTS_ROLLOUTS, False):
             return
         factors = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
         rates = [base * fn(scheduler.last_epoch) for base, fn in factors]
@@ -143,7 +164,9 @@ class ArcherTrainer(GRPOTrainer):
             rows[key] = value
         return rows
 
-    def _backward(self, model, rows: dict[str, torch.Tensor], index: list[int], sync: bool) -> torch.Tensor:
+    def _backward(
+        self, model: torch.nn.Module, rows: dict[str, torch.Tensor], index: list[int], sync: bool
+    ) -> torch.Tensor:
         """Forward and backward of one micro-batch (rows ``index``; none: a zero-weight pass that keeps this
         process in step with the others). ``sync`` marks the last micro-batch of an optimizer step."""
         micro = _micro_batch(rows, index)
@@ -155,12 +178,13 @@ class ArcherTrainer(GRPOTrainer):
             self.accelerator.backward(loss)
         return loss.detach()
 
-    def _optimizer_step(self, model) -> float:
+    def _optimizer_step(self, model: torch.nn.Module) -> float:
         """Clip, step and zero the gradients; returns the gradient norm before clipping."""
         if self.is_deepspeed_enabled:  # the engine clipped, stepped and zeroed in backward() at the boundary
             return float(self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm() or 0.0)
         grad_norm = self._clip_grad_norm(model) if self.args.max_grad_norm > 0 else None
         grad_norm = self._get_grad_norm(model, grad_norm=grad_norm)
+        assert self.optimizer is not None  # the Trainer creates it before the first step
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # no gradient left: the Trainer's own step after ours is a no-op
         return float(grad_norm)
@@ -169,6 +193,7 @@ class ArcherTrainer(GRPOTrainer):
         """Optimizer steps since the start of the run (resumes included): the optimizer's own count."""
         if self.is_deepspeed_enabled:
             return int(self.accelerator.deepspeed_engine_wrapped.engine.global_steps)
+        assert self.optimizer is not None  # the Trainer creates it before the first step
         return max((int(state["step"]) for state in self.optimizer.state.values() if "step" in state), default=0)
 
     # --- dropping groups whose rewards are all equal ------------------------------------------------------------
@@ -187,6 +212,7 @@ class ArcherTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         keep, self._pending_keep = self._pending_keep, None
+        assert keep is not None  # set by _calculate_rewards, which the scoring above calls
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["dropped_group_frac"].append(1.0 - keep.float().mean().item())
         if mode == "train":
@@ -282,7 +308,7 @@ class ArcherTrainer(GRPOTrainer):
             self._metrics[mode][name].append(value)
 
 
-def _at_rollout(fn, trainer: ArcherTrainer):
+def _at_rollout(fn: Callable[[int], float], trainer: ArcherTrainer) -> Callable[[int], float]:
     """A schedule factor that reads the rollouts done (the Trainer's global_step) instead of its own step count."""
 
     def factor(_steps: int) -> float:

@@ -39,7 +39,9 @@ class BackendOptions:
 
 class Backend(Protocol):
     name: str
-    tokenizer: object
+
+    @property  # read-only, so that each backend may hold its own tokenizer class
+    def tokenizer(self) -> object: ...
 
     def generate(
         self, prompts: Sequence[list[int]], sampling: Sampling, desc: str, texts: Sequence[str] | None = None

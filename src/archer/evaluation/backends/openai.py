@@ -176,11 +176,11 @@ class OpenAIBackend:
                 future.add_done_callback(lambda _: bar.update(1))
                 futures[future] = i
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
+            failed = [error for f in done if (error := f.exception()) is not None]
             if failed:
                 for future in pending:
                     future.cancel()
-                raise failed[0].exception()
+                raise failed[0]
             for future, i in futures.items():
                 out[i] = future.result()
         return out

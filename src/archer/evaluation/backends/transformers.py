@@ -25,7 +25,8 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = "auto" if options.dtype == "auto" else getattr(torch, options.dtype)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        # PreTrainedModel.to is wrapped in functools.wraps, whose typeshed type leaves `self` unbound
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()  # type: ignore[arg-type]
 
     def protocol(self) -> dict[str, object]:
         return {"dtype": self.options.dtype, "batch_size": self.options.batch_size}

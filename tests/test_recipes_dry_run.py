@@ -89,7 +89,7 @@ def test_paper_dry_run_shows_the_reference_batch_precision_and_no_is_correction(
         )
         assert "1024 / 512 x 3 epochs = 6" in text
         assert "vLLM importance-sampling correction: off" in text
-        assert "grading: a completion without </think> scores 0 (require_think_close: true)" in text
+        assert "</think> is graded whole, as the authors' rewards grade it (require_think_close: false)" in text
         assert "master copy (AdamW updates)    float32" in text and "compute                        bfloat16" in text
         assert "warm-up 10 rollouts" in text
     ddp = describe(load_recipe_for_plan(PAPER_RECIPES[0]), num_processes=processes, zero_stage=0)

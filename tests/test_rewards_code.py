@@ -55,7 +55,7 @@ def _fenced(code: str) -> str:
         ("```python3\nC\n```", "C\n"),
         ("<think>```python\nDRAFT\n```</think>\n```python\nFINAL\n```", "FINAL\n"),
         ("<think>```python\nDRAFT\n```</think>\nno code after thinking", None),
-        ("<think>```python\nDRAFT\n```", None),  # the reasoning never ends
+        ("<think>```python\nDRAFT\n```", "DRAFT\n"),  # the reasoning never ends: graded whole, as the authors
         ("```python\nDONE\n```\n```python\ncut off", "DONE\n"),  # the last *complete* block
         ("```\nprint('no language tag')\n```", None),
         ("```python\n   \n```", None),
@@ -211,7 +211,7 @@ def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
     completions = [
         _fenced(avg["solutions"]["correct"]),
         [{"role": "assistant", "content": _fenced(avg["solutions"]["wrong_integer_division"])}],
-        "<think>draft:\n```python\n" + avg["solutions"]["correct"] + "```\n",  # unclosed reasoning: nothing graded
+        "<think>draft:\n```python\n" + avg["solutions"]["correct"] + "```\n",  # unclosed: graded whole
         _fenced(pairs["solutions"]["correct"]),
         _fenced(pairs["solutions"]["wrong_order"]),
         _fenced(pairs["solutions"]["correct"]),  # fn_name from LiveCodeBench's metadata column
@@ -221,7 +221,7 @@ def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
     fn_name = [None, None, None, "twoSum", "twoSum", None, None]
     metadata = ["{}"] * 5 + [json.dumps({"func_name": "twoSum"}), "{}"]
     rewards = code_reward(completions, tests=tests, fn_name=fn_name, metadata=metadata, prompts=["p"] * 7)
-    assert rewards == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, None]
+    assert rewards == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, None]
     assert "row 6 has no tests" in caplog.text
 
 

@@ -98,10 +98,12 @@ class DataArgs:
         metadata={"help": "Code reward: cap on the sum of one completion's test run times (null: none, as LCB)."},
     )
     require_think_close: bool | str = field(
-        default="auto",
+        default=False,
         metadata={
-            "help": "A completion without </think> scores 0 (true), or not (false); auto: true when the model's chat "
-            "template opens the reasoning (R1-distill, Qwen3 thinking mode), false without one (archer.rewards.thinking)."
+            "help": "What a completion without </think> scores. false (default, the paper's rule): it is graded whole, "
+            "as the authors' rewards do, so an answer written in reasoning cut off at the length limit can score; "
+            "true: it scores 0, a stricter choice of ours that acts as an implicit length penalty; auto: true when "
+            "the model's chat template opens the reasoning (R1-distill, Qwen3 thinking mode) (archer.rewards.thinking)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of generated training problems."})

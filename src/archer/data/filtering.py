@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-think-close",
         choices=("auto", "true", "false"),
-        default="auto",
-        help="a completion without </think> scores 0 (auto: when the chat template opens the reasoning)",
+        default="false",
+        help="false (default, as the paper's recipes train): a completion without </think> is graded whole; "
+        "true: it scores 0; auto: true when the chat template opens the reasoning",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="transformers")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")

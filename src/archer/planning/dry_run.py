@@ -155,8 +155,13 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
 
 def _think_close(setting: bool | str) -> str:
     if setting == "auto":
-        return "scores 0 if the model's chat template opens the reasoning (require_think_close: auto)"
-    return "scores 0 (require_think_close: true)" if setting else "is graded whole (require_think_close: false)"
+        return (
+            "scores 0 if the model's chat template opens the reasoning, else is graded whole (require_think_close: "
+            "auto)"
+        )
+    if setting:
+        return "scores 0 (require_think_close: true; stricter than the paper, an implicit length penalty)"
+    return "is graded whole, as the authors' rewards grade it (require_think_close: false)"
 
 
 def _count(n: int) -> str:

@@ -369,6 +369,7 @@ TRAINER_LIMITS: dict[str, Limit] = {
     "seed": NON_NEGATIVE,
     "vllm_gpu_memory_utilization": FRACTION,
     "dataloader_num_workers": NON_NEGATIVE,
+    "max_rollouts_without_update": at_least(1),
 }
 
 

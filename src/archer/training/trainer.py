@@ -65,6 +65,7 @@ class ArcherTrainer(GRPOTrainer):
         self._metric_count = 0
         self._schedule_position = 0  # trained rollouts before the current one: what the LR schedule reads
         self._engine_skips = 0  # DeepSpeed's count of skipped steps at the start of the current rollout
+        self._engine_logged = False
         self._last_uniform: tuple[int, int] = (0, 0)  # (groups, all-equal groups) of the last scored rollout
         self.add_callback(RolloutCounter())
         logger.info("objective: %s", self.objective_config)
@@ -119,7 +120,18 @@ class ArcherTrainer(GRPOTrainer):
         counter = self.rollout_counter()
         self._set_rollout_learning_rate(counter.updated)
         if self.is_deepspeed_enabled:
-            self._engine_skips = int(self.accelerator.deepspeed_engine_wrapped.engine.skipped_steps)
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            if not self._engine_logged and self.accelerator.is_main_process:
+                live = self.deepspeed_precision() or {}
+                logger.info(
+                    "DeepSpeed engine: ZeRO-%s, weights %s, gradients accumulated in %s and reduced in %s",
+                    live.get("zero_stage"),
+                    live.get("weights"),
+                    live.get("gradient_accumulation"),
+                    live.get("gradient_communication"),
+                )
+            self._engine_logged = True
+            self._engine_skips = int(engine.skipped_steps)
         rollout = self._generate_and_score_completions(inputs)
         keep = self._rollout_keep
         self._rollout_keep = None
@@ -245,6 +257,26 @@ class ArcherTrainer(GRPOTrainer):
             grad_norm,
         )
 
+    def deepspeed_precision(self) -> dict[str, Any] | None:
+        """What the live DeepSpeed engine runs in (None without DeepSpeed), read off the engine and its ZeRO
+        optimizer, not off the config: the weights' dtype, the dtype gradients are accumulated in over the
+        micro-batches (ZeRO-3's partitioned gradient buffer) and the one they are reduced across processes in."""
+        if not self.is_deepspeed_enabled or self.accelerator.deepspeed_engine_wrapped is None:
+            return None
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        optimizer = engine.optimizer
+        weights, accumulation = engine.get_data_types()
+        buffer = getattr(optimizer, "grad_partitions_flat_buffer", None)  # ZeRO-3: where gradients accumulate
+        if buffer is not None:
+            accumulation = buffer.dtype
+        communication = getattr(optimizer, "communication_data_type", None) or engine.communication_data_type
+        return {
+            "zero_stage": int(engine.zero_optimization_stage()),
+            "weights": _dtype_name(weights),
+            "gradient_accumulation": _dtype_name(accumulation),
+            "gradient_communication": _dtype_name(communication),
+        }
+
     def optimizer_steps_taken(self) -> int:
         """Optimizer steps since the start of the run (resumes included): the optimizer's own count."""
         if self.is_deepspeed_enabled:
@@ -361,6 +393,10 @@ class ArcherTrainer(GRPOTrainer):
         values = self.accelerator.reduce(values, reduction="mean")
         for name, value in zip(names, values.tolist(), strict=True):
             self._metrics[mode][name].append(value)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _at_rollout(fn, trainer: ArcherTrainer):

@@ -152,18 +152,25 @@ def test_tiny_recipe_grades_as_before(with_template):
     assert reward(["\\boxed{5}", "<think>2+3=5.</think> \\boxed{5}"], solution=["5", "5"]) == [1.0, 1.0]
 
 
-def test_code_recipe_binds_the_rule_and_livecodebench_limits(with_template):
+def test_code_recipe_binds_the_rule_and_the_authors_limits(with_template):
     recipe, (reward,) = _rewards(R1_CODE, with_template("deepseek_r1_distill"))
     assert reward.__name__ == "code_reward"
-    assert reward.keywords == {"require_think_close": False, "max_tests": 16, "timeout_s": 6.0, "budget_s": None}
+    assert reward.keywords == {
+        "require_think_close": False, "max_tests": 16, "timeout_s": 30.0, "script_timeout_s": 60.0, "memory_mb": 1024,
+        "compare": "whole", "budget_s": None,
+    }  # fmt: skip
     _, (explicit,) = _rewards(
         R1_CODE,
         with_template(None),
         "data.require_think_close=true",
         "data.code_budget_s=120",
         "data.code_timeout_s=4",
+        "data.code_compare=lines",
     )
-    assert explicit.keywords == {"require_think_close": True, "max_tests": 16, "timeout_s": 4.0, "budget_s": 120.0}
+    assert explicit.keywords == {
+        "require_think_close": True, "max_tests": 16, "timeout_s": 4.0, "script_timeout_s": 60.0, "memory_mb": 1024,
+        "compare": "lines", "budget_s": 120.0,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -173,6 +180,10 @@ def test_code_recipe_binds_the_rule_and_livecodebench_limits(with_template):
         ("data.require_think_close=1", "data.require_think_close: expected"),
         ("data.code_timeout_s=0", "code_timeout_s: must be > 0 seconds"),
         ("data.code_budget_s=-5", "code_budget_s: must be > 0 seconds"),
+        ("data.code_script_timeout_s=0", "code_script_timeout_s: must be > 0 seconds"),
+        ("data.code_compare=tokens", "code_compare: 'tokens' is not one of lines, whole"),
+        ("data.code_memory_mb=10", "code_memory_mb: must be >= 64 MiB"),
+        ("data.max_prompt_tokens=0", "max_prompt_tokens: must be >= 1"),
     ],
 )
 def test_bad_recipe_settings_are_one_line_errors(override, message):

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 VERL = "verl"  # the loader name a recipe gives (data.loader: verl)
 COLUMNS = ("prompt", "reward_model")  # what makes a dataset verl's
-# The data sources the authors' reward grades as code (rewards/general_reward.py routes the rest to math or refuses).
+# The data sources the authors' reward grades as code (it routes the rest to math, or refuses them).
 CODE_SOURCES = ("code", "livecodebench", "livecodebench_v5", "livecodebench_v6", "humanevalplus")
 _SHAPE = "a JSON string of {'inputs': [...], 'outputs': [...]} or {'functional': '<assert script>'}"
 

@@ -97,7 +97,7 @@ def deepspeed_gradient_dtypes(config: Mapping[str, Any] | None, half: str | None
 def vllm_dtype(checkpoint_dtype: str | None, bf16_gpu: bool = True) -> str:
     """What vLLM's ``dtype="auto"`` (TRL 1.16 passes no other) serves a checkpoint of ``checkpoint_dtype`` in: its
     own dtype when 16-bit; a float32 checkpoint is cast down to bfloat16 on GPUs with bf16 (compute capability 8.0
-    and up: A100, H100), float16 on older ones (vLLM 0.30, ``vllm.config.model._resolve_auto_dtype``)."""
+    and up: A100, H100), float16 on older ones (vLLM 0.30's rule for dtype auto)."""
     if checkpoint_dtype in ("bfloat16", "float16"):
         return checkpoint_dtype
     return "bfloat16" if bf16_gpu else "float16"

@@ -444,3 +444,15 @@ def test_two_process_smoke(tmp_path, config):
         assert "gradients accumulated in float32 and reduced in float32" in proc.stderr
     else:
         assert "deepspeed" not in results["compute"]
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_learn_stops_with_one_line(tmp_path):
+    # A 30-step warm start rarely answers right: with groups dropped, no rollout makes an update.
+    run = tmp_path / "run"
+    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", "trainer.drop_uniform_groups=true",
+                   "trainer.max_rollouts_without_update=1", cwd=REPO)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error: trainer.max_rollouts_without_update=1: 1 rollout in a row made no update" in last, last
+    assert "Traceback" not in proc.stderr and not (run / "train_results.json").exists()

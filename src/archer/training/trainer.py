@@ -175,8 +175,8 @@ class ArcherTrainer(GRPOTrainer):
         if limit is not None and counter.without_update >= limit:
             groups, uniform = self._last_uniform
             raise UserError(
-                f"trainer.max_rollouts_without_update={limit}: {counter.without_update} rollouts in a row made no "
-                f"update (last one: {uniform} of {groups} groups had all-equal rewards); the data is too hard or too "
+                f"trainer.max_rollouts_without_update={limit}: {counter.without_update} rollout"
+                f"{'s' * (counter.without_update != 1)} in a row made no update (last one: {uniform} of {groups} groups had all-equal rewards); the data is too hard or too "
                 "easy for the model: filter it (archer.data.filtering), check the reward, or raise the limit"
             )
 

@@ -247,7 +247,10 @@ def _reward_lines(data: Any) -> list[str]:
     """How each reward grades (the code reward's limits and stdout rule)."""
     lines = []
     if "math" in data.rewards:
-        lines.append("math reward: the last \\boxed{} checked against the answer with Math-Verify (parse + verify)")
+        lines.append(
+            "math reward: the last \\boxed{} checked against the answer with Math-Verify (parse + verify); the "
+            "authors' run: rllm's mathd / sympy graders, then a Math-Verify exact string match (README: What differs)"
+        )
     if "code" in data.rewards:
         tests = f"at most {data.max_tests} random tests" if data.max_tests else "every test"
         rule = {

@@ -1,4 +1,5 @@
-"""Cost of the rewards: sandbox overhead per run, grading throughput over cores, math verification speed.
+"""Cost of the rewards: sandbox overhead per run, grading throughput over cores (LiveCodeBench's rules and the
+authors' training rules, with what one 16-GPU rollout needs), math verification speed.
 
 The sandbox rows compare a trivial run three ways, interleaved: the sandbox as it is (per-run cgroup, seccomp
 filter, pid handshake, reaping), the sandbox before issue 13 (``archer/sandbox/runner.py`` at BEFORE_COMMIT, loaded from
@@ -138,6 +139,80 @@ def _grading_throughput(num_tests: int, repeats: int) -> dict:
     }
 
 
+STEP_S = 660.0  # the paper's code run: ~1,000 GPU-hours / 320 rollouts ~ 3.1 GPU-hours per rollout, ~11 min on 16 GPUs
+ROLLOUT = 1024  # completions per rollout (64 prompts x 16)
+STALL_SHARE = 0.05  # grading should take at most this share of a step
+
+
+def _authors_mix(n: int) -> tuple[list[str], list[list[dict]]]:
+    """``n`` completions of one stdin/stdout problem with 20 tests, graded by the authors' rules: a quarter right,
+    half wrong (a wrong answer from the first test on), a quarter crashing; no time-out (see the note)."""
+    tests = [
+        {
+            "input": f"{k + 3}\n" + " ".join(str(i * k % 97) for i in range(k + 3)) + "\n",
+            "output": "",
+            "testtype": "stdin",
+        }
+        for k in range(20)
+    ]
+    for test in tests:
+        values = [int(v) for v in test["input"].split("\n")[1].split()]
+        test["output"] = f"{sum(values)} {max(values)}\n"
+    right = "n = int(input())\nvalues = list(map(int, input().split()))\nprint(sum(values), max(values))\n"
+    kinds = [right, right.replace("sum(values)", "sum(values) + 1"), right.replace("max(values)", "values[n]")]
+    codes = [kinds[0] if i % 4 == 0 else kinds[2] if i % 4 == 3 else kinds[1] for i in range(n)]
+    return [f"<think>Sum and max.</think>\n```python\n{code}```" for code in codes], [tests] * n
+
+
+def _authors_grading(num_completions: int, repeats: int) -> list[dict]:
+    """Completions graded per second under the authors' training rules, all cores vs one, and what one 16-GPU
+    rollout needs."""
+    completions, tests = _authors_mix(num_completions)
+    rules = dict(max_tests=16, timeout_s=30.0, script_timeout_s=60.0, memory_mb=1024, compare="whole")
+    cores = code_rewards.grading_workers()
+    pools = {n: ThreadPoolExecutor(n, thread_name_prefix=f"bench-authors-{n}") for n in (cores, 1)}
+    rewards: list = []
+
+    def grade_with(workers: int) -> None:
+        code_rewards._EXECUTOR = pools[workers]
+        rewards[:] = code_rewards.code_reward(completions, tests=tests, seed=0, **rules)
+
+    saved = code_rewards._EXECUTOR
+    try:
+        ours, reference = _interleaved(lambda: grade_with(cores), lambda: grade_with(1), repeats)
+    finally:
+        code_rewards._EXECUTOR = saved
+        for pool in pools.values():
+            pool.shutdown()
+    assert rewards == [1.0 if i % 4 == 0 else 0.0 for i in range(num_completions)], rewards
+    core_s = reference / num_completions  # worker-seconds per completion (one worker: no overlap)
+    rollout_core_s = ROLLOUT * core_s
+    needed = rollout_core_s / (STALL_SHARE * STEP_S)
+    tle_core_s = 16 * 30.0  # a program that never ends holds up to 16 workers for 30 s each before the stop
+    return [
+        {
+            "figure": f"code grading, the authors' rules (16 of 20 stdin tests, 30 s, 1 GiB, whole stdout), "
+            f"{num_completions} completions: {cores} workers vs 1",
+            "ours": f"{num_completions / ours:.2f} completions/s",
+            "reference": f"{num_completions / reference:.2f} completions/s",
+            "ratio": ours / reference,  # time: lower is better, 1/cores is perfect scaling
+            "target": f"<= {1.3 / cores:.2f}x",
+            "note": f"median of {repeats}; mix: 1/4 right (16 tests each), 1/2 wrong, 1/4 crash (stop at the first "
+            f"failure); {core_s:.3f} worker-seconds per completion",
+        },
+        {
+            "figure": f"grading one rollout of {ROLLOUT} such completions vs the paper's step (~{STEP_S / 60:.0f} min on "
+            "16 GPUs)",
+            "ours": f"{rollout_core_s / cores:.0f} s on {cores} cores ({rollout_core_s:.0f} worker-s)",
+            "reference": f"{STEP_S:.0f} s",
+            "ratio": rollout_core_s / cores / STEP_S,
+            "target": f"<= {STALL_SHARE:.2f}x",
+            "note": f"{needed:.0f} cores grade it within {STALL_SHARE:.0%} of the step; each completion whose "
+            f"program never ends adds up to {tle_core_s:.0f} worker-s (16 tests x 30 s)",
+        },
+    ]
+
+
 def _math_throughput(batch: int, repeats: int) -> list[dict]:
     counter = itertools.count(1)
 
@@ -191,6 +266,7 @@ def run(quick: bool = False) -> list[dict]:
         return rows
     overhead = _sandbox_overhead(repeats=3 if quick else 30)
     rows[:0] = [*overhead, _grading_throughput(num_tests=4 if quick else 24, repeats=1 if quick else 3)]
+    rows[len(overhead) + 1 : len(overhead) + 1] = _authors_grading(8 if quick else 32, repeats=1 if quick else 3)
     return rows
 
 

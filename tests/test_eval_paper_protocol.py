@@ -92,10 +92,10 @@ def test_paper_suite_lists_the_papers_benchmarks_revisions_and_rules(tasks):
         revision = by_task[name].revision
         assert revision is not None and len(revision) == 40 and int(revision, 16) >= 0
     for task in suite.tasks:
-        assert (task.require_think_close, task.code_timeout_s, task.code_budget_s) == (True, 6, None)
+        assert (task.require_think_close, task.code_timeout_s, task.code_budget_s) == (False, 6, None)
     quick = load_suite(ROOT / "eval" / "suites" / "quick.yaml", set(tasks))
     assert {t.short_name: t.revision for t in quick.tasks} == {n: t.revision for n, t in by_task.items()}
-    assert {t.require_think_close for t in quick.tasks} == {"auto"}
+    assert {t.require_think_close for t in quick.tasks} == {False}  # the authors' rule, by default
 
 
 def test_suite_mistakes_are_one_line_errors(tmp_path, tasks):

@@ -7,7 +7,12 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DeepSpeedPlugin
 
-from archer.planning.precision import deepspeed_mixed_precision, plan_precision
+from archer.planning.precision import (
+    deepspeed_gradient_dtypes,
+    deepspeed_mixed_precision,
+    plan_precision,
+    vllm_dtype,
+)
 
 
 def _args(plugin, bf16=True):
@@ -35,3 +40,30 @@ def test_outside_deepspeed_weights_load_in_fp32_and_bf16_is_autocast(model_dtype
                                use_vllm=False)  # fmt: skip
     assert deepspeed.load_dtype == model_dtype and deepspeed.master.startswith("float32 (DeepSpeed")
     assert deepspeed.reference == "none (no KL term)" and "generate()" in deepspeed.rollout
+
+
+def test_deepspeed_gradient_dtypes_follow_its_config():
+    fp32 = {"data_types": {"grad_accum_dtype": "fp32"}, "communication_data_type": "fp32"}
+    parts = plan_precision(model_dtype="bfloat16", mixed="bf16", deepspeed_mixed=True, reference_model=False,
+                           use_vllm=False, deepspeed_config=fp32, processes=16)  # fmt: skip
+    assert (parts.weights_dtype, parts.grad_dtype, parts.grad_reduce_dtype) == ("bfloat16", "float32", "float32")
+    assert parts.gradients.startswith("float32 (DeepSpeed data_types.grad_accum_dtype)")
+    unset = plan_precision(model_dtype="bfloat16", mixed="bf16", deepspeed_mixed=True, reference_model=False,
+                           use_vllm=False, deepspeed_config={}, processes=16)  # fmt: skip
+    assert (unset.grad_dtype, unset.grad_reduce_dtype) == ("bfloat16", "bfloat16")  # DeepSpeed's defaults
+    assert deepspeed_gradient_dtypes({"data_types": {"grad_accum_dtype": "torch.float32"}}, None) == (
+        "float32",
+        "float32",
+    )
+    ddp = plan_precision(model_dtype="bfloat16", mixed="bf16", deepspeed_mixed=False, reference_model=False,
+                         use_vllm=False, processes=8)  # fmt: skip
+    assert (ddp.grad_dtype, ddp.grad_reduce_dtype, ddp.weights_dtype) == ("float32", "float32", "float32")
+
+
+def test_vllm_serves_a_float32_checkpoint_in_half_precision():
+    # TRL 1.16 starts vLLM with dtype "auto", which casts a float32 checkpoint down (bf16 from compute capability 8.0)
+    assert vllm_dtype("float32") == "bfloat16" and vllm_dtype("float32", bf16_gpu=False) == "float16"
+    assert vllm_dtype("bfloat16") == "bfloat16" and vllm_dtype(None) == "bfloat16"
+    parts = plan_precision(model_dtype="float32", mixed="bf16", deepspeed_mixed=False, reference_model=False,
+                           use_vllm=True, checkpoint_dtype="float32")  # fmt: skip
+    assert parts.rollout_dtype == "bfloat16" and "float32 checkpoint" in parts.rollout

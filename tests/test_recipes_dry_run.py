@@ -89,9 +89,26 @@ def test_paper_dry_run_shows_the_reference_batch_precision_and_no_is_correction(
         )
         assert "1024 / 512 x 3 epochs = 6" in text
         assert "vLLM importance-sampling correction: off" in text
-        assert "grading: a completion without </think> scores 0 (require_think_close: true)" in text
+        assert "</think> is graded whole, as the authors' rewards grade it (require_think_close: false)" in text
         assert "master copy (AdamW updates)    float32" in text and "compute                        bfloat16" in text
-        assert "warm-up 10 rollouts" in text
+        # the authors' FSDP run reduces and accumulates gradients in fp32: so does recipes/deepspeed/zero3.json
+        assert "gradient accumulation          float32 (DeepSpeed data_types.grad_accum_dtype): +" in text
+        assert "gradient reduction             float32 (DeepSpeed communication_data_type): bucket of" in text
+        shard = 1_777_088_000 * 2 / processes / 1024**3
+        assert f"+{shard:.2f} GiB per GPU over bfloat16 gradients" in text
+        assert "schedule counted in rollouts that make an update, warm-up 10 of them" in text
+        assert "a step whose gradient norm is not finite is skipped" in text
+        assert "stops after 20 rollouts in a row without one" in text
+        if "code" in path.stem:  # the authors' training file and their code reward's limits and rule
+            assert "data: wizardII/ArcherCodeR-Dataset, file train/archercoder-1.5b-train.json (loader verl" in text
+            assert "prompts <= 2048 tokens" in text
+            assert (
+                "code reward: at most 16 random tests per stdin/stdout problem (functional problems: all), 30 s per "
+                "stdin/stdout test, 60 s per assert script, 1024 MiB address space per run, whole stripped stdout "
+                "equal to the expected (the authors' training rule)"
+            ) in text
+        else:
+            assert "math reward: the last \\boxed{} checked against the answer with Math-Verify" in text
     ddp = describe(load_recipe_for_plan(PAPER_RECIPES[0]), num_processes=processes, zero_stage=0)
     assert "precision (DDP)" in ddp and "weights (forward / backward)   float32" in ddp
     assert "compute                        bfloat16 autocast" in ddp
@@ -114,14 +131,45 @@ def test_accelerate_configs_parse_and_match_the_recipes():
     configs = {p.stem: load_config_from_file(str(p)) for p in ACCELERATE}
     for name in ("zero3", "multi_node_zero3", "ddp"):
         config = configs[name]
-        assert config.mixed_precision == "bf16" and not config.use_cpu
+        assert not config.use_cpu
         world = config.num_processes
         for path in GPU_RECIPES:  # the recipes' batch arithmetic works at each config's size
             assert plan_recipe(load_recipe_for_plan(path), world).responses_per_step == 512
-    assert configs["zero3"].deepspeed_config["zero_stage"] == 3 and configs["zero3"].num_machines == 1
-    assert configs["multi_node_zero3"].num_machines > 1
+    assert configs["ddp"].mixed_precision == "bf16"
+    assert configs["zero3"].num_machines == 1 and configs["multi_node_zero3"].num_machines > 1
+    for name in ("zero3", "multi_node_zero3", "cpu_zero3"):  # DeepSpeed's settings live in a JSON file
+        deepspeed = configs[name].deepspeed_config
+        # accelerate refuses these beside a DeepSpeed config file
+        assert not {"zero_stage", "offload_optimizer_device", "zero3_save_16bit_model"} & set(deepspeed)
+        assert configs[name].mixed_precision in (None, "no")
+        ds = json.loads((ROOT / deepspeed["deepspeed_config_file"]).read_text())
+        assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] == "auto"  # the recipe's bf16
+        assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["communication_data_type"] == "fp32"
+    assert configs["zero3"].deepspeed_config["deepspeed_config_file"] == "recipes/deepspeed/zero3.json"
+    assert "double" not in (ROOT / "recipes" / "accelerate" / "zero3.yaml").read_text()  # nothing to set by hand
     for path in (ROOT / "recipes" / "deepspeed").glob("*.json"):
         json.loads(path.read_text())
+
+
+def test_a_float32_checkpoint_is_planned_as_vllm_serves_it(tmp_path):
+    # vLLM's dtype "auto" (TRL 1.16 passes no other) serves a float32 checkpoint in bfloat16: so does the plan
+    recipe = load_recipe_for_plan(ROOT / "recipes" / "tiny" / "archer.yaml", ["trainer.use_vllm=true"])
+    text = describe(recipe, num_processes=1)
+    assert "rollout engine                 vLLM, bfloat16 (vLLM's dtype auto casts a float32 checkpoint down" in text
+    assert "vLLM, float32" not in text
+
+
+def test_a_dry_run_reads_the_deepspeed_config_it_is_given(tmp_path):
+    recipe = load_recipe_for_plan(PAPER_RECIPES[0])
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}}))
+    text = describe(recipe, num_processes=16, deepspeed_config=plain)
+    assert "gradient accumulation          bfloat16 (DeepSpeed data_types.grad_accum_dtype: unset)" in text
+    assert "gradient reduction             bfloat16 (DeepSpeed communication_data_type: unset)" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="--deepspeed-config .*bad.json: cannot read it as a DeepSpeed JSON config"):
+        describe(recipe, num_processes=16, deepspeed_config=bad)
 
 
 def _fake_bin(tmp_path: Path, commands: dict[str, str]) -> dict[str, str]:

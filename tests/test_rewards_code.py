@@ -24,7 +24,7 @@ from archer.rewards import (
     grade_code,
     normalize_tests,
 )
-from archer.rewards.livecodebench import functional_matches, stdout_matches
+from archer.rewards.livecodebench import functional_matches, stdout_matches, whole_stdout_matches
 from archer.sandbox import runner as sandbox
 from archer.sandbox.runner import SandboxUnavailable, sandbox_available
 
@@ -56,7 +56,7 @@ def _fenced(code: str) -> str:
         ("```python3\nC\n```", "C\n"),
         ("<think>```python\nDRAFT\n```</think>\n```python\nFINAL\n```", "FINAL\n"),
         ("<think>```python\nDRAFT\n```</think>\nno code after thinking", None),
-        ("<think>```python\nDRAFT\n```", None),  # the reasoning never ends
+        ("<think>```python\nDRAFT\n```", "DRAFT\n"),  # the reasoning never ends: graded whole, as the authors
         ("```python\nDONE\n```\n```python\ncut off", "DONE\n"),  # the last *complete* block
         ("```\nprint('no language tag')\n```", None),
         ("```python\n   \n```", None),
@@ -205,6 +205,75 @@ def test_max_tests_samples_a_seeded_subset() -> None:
         grade_code(code, [])
 
 
+@pytest.mark.parametrize(
+    ("output", "expected", "lines", "whole"),
+    [
+        ("3\n", "3", True, True),
+        ("  3  \n\n", "3\n", True, True),  # outer whitespace is stripped by both rules
+        ("1.50\n", "1.5\n", True, False),  # LiveCodeBench compares numbers as decimals; the authors compare text
+        ("1  2\n", "1 2\n", True, False),  # ... and tokens, not the spacing between them
+        ("1 \n2\n", "1\n2\n", True, False),  # ... and stripped lines
+        ("1\n\n2\n", "1\n2\n", False, False),
+    ],
+)
+def test_the_two_stdout_rules(output: str, expected: str, lines: bool, whole: bool) -> None:
+    assert stdout_matches(output, expected) is lines
+    assert whole_stdout_matches(output, expected) is whole
+
+
+def test_max_tests_draws_only_stdin_tests() -> None:
+    import random
+
+    from archer.rewards.code import _choose
+
+    stdin = [{"input": str(i), "output": str(i), "testtype": "stdin"} for i in range(40)]
+    functional = [{"input": "1", "output": "1", "testtype": "functional"} for _ in range(20)]
+    picked = _choose(stdin + functional, 16, random.Random(0))
+    assert len(picked) == 16 + 20 and set(range(40, 60)) <= set(picked)  # every functional test, 16 stdin ones
+    assert _choose(functional, 16, random.Random(0)) == list(range(20))  # a functional problem runs all its tests
+    script = [{"input": "assert True", "output": "", "testtype": "script"}]
+    assert _choose(script, 1, random.Random(0)) == [0]
+
+
+@needs_bwrap
+def test_assert_scripts_run_after_the_solution_with_leetcode_helpers() -> None:
+    # verl's "functional" ground truth: one script of asserts, run once; LeetCode's list and tree helpers exist
+    script = (
+        "def check(candidate):\n"
+        "    assert is_same_list(candidate(list_node([1, 2, 3])), list_node([3, 2, 1]))\n"
+        "    assert candidate(None) is None\n"
+        "    root = tree_node([1, None, 2, 3])\n"
+        "    assert root.right.left.val == 3 and is_same_tree(root, tree_node([1, None, 2, 3]))\n"
+        "\n"
+        "check(Solution().reverseList)"
+    )
+    test = [{"input": script, "output": "", "testtype": "script"}]
+    right = (
+        "class Solution:\n"
+        "    def reverseList(self, head: Optional[ListNode]) -> Optional[ListNode]:\n"
+        "        previous = None\n"
+        "        while head:\n"
+        "            head.next, previous, head = previous, head, head.next\n"
+        "        return previous\n"
+    )
+    assert grade_code(right, test).passed
+    wrong = grade_code(right.replace("return previous", "return head"), test)
+    assert not wrong.passed and wrong.tests[0].status == "runtime_error" and "AssertionError" in wrong.tests[0].detail
+    # the script's limit is its own (the authors: 60 s for the whole run), not the per-test one
+    slow = "import time\ntime.sleep(1.5)\n" + right
+    assert grade_code(slow, test, timeout_s=0.5, script_timeout_s=10).passed
+    assert grade_code(slow, test, timeout_s=10, script_timeout_s=0.5).tests[0].status == "timeout"
+
+
+@needs_bwrap
+def test_the_address_space_limit_is_a_setting() -> None:
+    # The authors run each program under a 1 GiB address space (prlimit --as): 1.5 GiB of bytes cannot be had there.
+    tests = [{"input": "", "output": "ok", "testtype": "stdin"}]
+    code = "block = bytearray(1536 << 20)\nprint('ok')"
+    assert not grade_code(code, tests, memory_mb=1024).passed
+    assert grade_code("block = bytearray(64 << 20)\nprint('ok')", tests, memory_mb=1024).passed
+
+
 @needs_bwrap
 def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
     avg, pairs = PROBLEMS["avg"], PROBLEMS["pairs"]
@@ -212,7 +281,7 @@ def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
     completions = [
         _fenced(avg["solutions"]["correct"]),
         [{"role": "assistant", "content": _fenced(avg["solutions"]["wrong_integer_division"])}],
-        "<think>draft:\n```python\n" + avg["solutions"]["correct"] + "```\n",  # unclosed reasoning: nothing graded
+        "<think>draft:\n```python\n" + avg["solutions"]["correct"] + "```\n",  # unclosed: graded whole
         _fenced(pairs["solutions"]["correct"]),
         _fenced(pairs["solutions"]["wrong_order"]),
         _fenced(pairs["solutions"]["correct"]),  # fn_name from LiveCodeBench's metadata column
@@ -222,7 +291,7 @@ def test_code_reward_rows(caplog: pytest.LogCaptureFixture) -> None:
     fn_name = [None, None, None, "twoSum", "twoSum", None, None]
     metadata = ["{}"] * 5 + [json.dumps({"func_name": "twoSum"}), "{}"]
     rewards = code_reward(completions, tests=tests, fn_name=fn_name, metadata=metadata, prompts=["p"] * 7)
-    assert rewards == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, None]
+    assert rewards == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, None]
     assert "row 6 has no tests" in caplog.text
 
 

@@ -35,7 +35,7 @@ from archer.rewards.math import _pool, check_pair, verify_many
         ("\\boxed {8}", "8"),
         ("<think>maybe \\boxed{1}</think> so \\boxed{2}", "2"),
         ("<think>surely \\boxed{1}</think> the answer is 1", None),  # a box inside the reasoning does not count
-        ("<think>still thinking \\boxed{1}", None),  # the think block never closes
+        ("<think>still thinking \\boxed{1}", "1"),  # no </think>: graded whole, as the authors grade
         ("prompt opened the block \\boxed{1} </think> \\boxed{3}", "3"),  # lone </think>
         ("</think> \\boxed{5} <think> more \\boxed{6}", None),  # reopened and never closed
         ("no box here: 42", None),
@@ -115,7 +115,7 @@ def test_math_reward_rules_and_bad_gold_warning(caplog: pytest.LogCaptureFixture
     completions = [
         "<think>6*7</think> The answer is \\boxed{42}.",
         "<think>6*7 is \\boxed{42}</think> I think 41.",  # right box only inside the reasoning
-        "<think>6*7 is \\boxed{42} and then I ran out of tok",  # never closes
+        "<think>6*7 is \\boxed{42} and then I ran out of tok",  # never closes: graded whole (the authors' rule)
         [{"role": "assistant", "content": "\\boxed{\\frac{84}{2}}"}],
         "\\boxed{42.0}",
         "\\boxed{4 2}",  # not 42
@@ -124,7 +124,8 @@ def test_math_reward_rules_and_bad_gold_warning(caplog: pytest.LogCaptureFixture
     solutions = ["42"] * 6 + ["\\frac{"]
     with caplog.at_level(logging.WARNING, logger="archer.rewards.math"):
         rewards = math_reward(completions, solution=solutions, prompts=["p"] * 7)
-    assert rewards == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, None]
+    assert rewards == [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, None]
+    assert math_reward(completions[2:3], solution=["42"], require_think_close=True) == [0.0]
     assert any("row(s) [6]" in r.message and "\\\\frac{" in r.message for r in caplog.records)
 
 

@@ -1,6 +1,6 @@
-"""Reasoning must close: a truncated thought is no answer when the model's chat template opens the reasoning, in
-the rewards the trainer builds from a recipe and in evaluation alike; non-thinking models and the tiny task keep
-grading the whole completion."""
+"""What a completion without </think> scores: graded whole by default, as the authors' rewards grade it (the paper
+recipes and suite keep that rule); 0 with the stricter require_think_close (true, or auto when the chat template
+opens the reasoning), in the rewards the trainer builds from a recipe and in evaluation alike."""
 
 from __future__ import annotations
 
@@ -45,11 +45,13 @@ def with_template(tokenizer):
     tokenizer.chat_template = None
 
 
-def test_truncated_reasoning_scores_zero_when_required():
-    # Cut off mid-thought: the R1-distill prompt already opened <think>, and this completion never closed it.
-    assert math_reward([TRUNCATED, CLOSED], ["204", "204"], require_think_close=True) == [0.0, 1.0]
-    # Without the requirement (a non-thinking model) the whole completion is the answer, as before.
+def test_truncated_reasoning_is_graded_whole_unless_required():
+    # The R1-distill prompt already opened <think>, so this completion never finished thinking. The authors' rewards
+    # grade it whole (their format-error return is commented out): the guess before the cut scores.
     assert math_reward([TRUNCATED, CLOSED], ["204", "204"]) == [1.0, 1.0]
+    assert math_reward(["<think>\n" + TRUNCATED], ["204"]) == [1.0]  # an opening tag changes nothing
+    # The stricter rule of ours: no </think>, no answer.
+    assert math_reward([TRUNCATED, CLOSED], ["204", "204"], require_think_close=True) == [0.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -114,14 +116,22 @@ def _rewards(recipe_path: Path, tokenizer, *overrides: str):
     return recipe, reward_funcs(recipe, tokenizer)
 
 
-def test_r1_distill_recipe_rewards_require_the_close(with_template):
+def test_r1_distill_recipe_rewards_grade_as_the_authors(with_template):
     recipe, (reward,) = _rewards(R1_MATH, with_template("deepseek_r1_distill"))
-    assert recipe.data.require_think_close is True
+    assert recipe.data.require_think_close is False
     assert reward.__name__ == "math_reward"  # TRL logs rewards by name
-    assert reward([TRUNCATED, CLOSED], solution=["204", "204"]) == [0.0, 1.0]
-    # auto reads the same from the model's template
-    _, (auto,) = _rewards(R1_MATH, with_template("deepseek_r1_distill"), "data.require_think_close=auto")
-    assert auto([TRUNCATED, CLOSED], solution=["204", "204"]) == [0.0, 1.0]
+    assert reward([TRUNCATED, CLOSED], solution=["204", "204"]) == [1.0, 1.0]
+    # the stricter rule is one override away; auto reads it from the model's template
+    for setting in ("true", "auto"):
+        _, (strict,) = _rewards(R1_MATH, with_template("deepseek_r1_distill"), f"data.require_think_close={setting}")
+        assert strict([TRUNCATED, CLOSED], solution=["204", "204"]) == [0.0, 1.0]
+
+
+def test_the_default_is_the_authors_rule():
+    from archer.evaluation.suite import TaskSpec
+    from archer.recipe import DataArgs
+
+    assert DataArgs().require_think_close is False and TaskSpec(task="x").require_think_close is False
 
 
 def test_qwen3_recipe_is_non_thinking_and_keeps_grading_whole_answers(with_template):
@@ -129,8 +139,10 @@ def test_qwen3_recipe_is_non_thinking_and_keeps_grading_whole_answers(with_templ
     recipe, (reward,) = _rewards(QWEN3_MATH, tokenizer)
     assert recipe.trainer.chat_template_kwargs == {"enable_thinking": False}
     assert reward(["So \\boxed{204}."], solution=["204"]) == [1.0]
-    # The same model in thinking mode (a Qwen3-thinking recipe) requires the close.
-    _, (thinking,) = _rewards(QWEN3_MATH, tokenizer, "trainer.chat_template_kwargs={enable_thinking: true}")
+    # The same model in thinking mode with auto requires the close.
+    _, (thinking,) = _rewards(
+        QWEN3_MATH, tokenizer, "trainer.chat_template_kwargs={enable_thinking: true}", "data.require_think_close=auto"
+    )
     assert thinking(["<think>\n" + TRUNCATED], solution=["204"]) == [0.0]
     assert thinking([TRUNCATED], solution=["204"]) == [0.0]
 
@@ -140,18 +152,25 @@ def test_tiny_recipe_grades_as_before(with_template):
     assert reward(["\\boxed{5}", "<think>2+3=5.</think> \\boxed{5}"], solution=["5", "5"]) == [1.0, 1.0]
 
 
-def test_code_recipe_binds_the_rule_and_livecodebench_limits(with_template):
+def test_code_recipe_binds_the_rule_and_the_authors_limits(with_template):
     recipe, (reward,) = _rewards(R1_CODE, with_template("deepseek_r1_distill"))
     assert reward.__name__ == "code_reward"
-    assert reward.keywords == {"require_think_close": True, "max_tests": 16, "timeout_s": 6.0, "budget_s": None}
+    assert reward.keywords == {
+        "require_think_close": False, "max_tests": 16, "timeout_s": 30.0, "script_timeout_s": 60.0, "memory_mb": 1024,
+        "compare": "whole", "budget_s": None,
+    }  # fmt: skip
     _, (explicit,) = _rewards(
         R1_CODE,
         with_template(None),
         "data.require_think_close=true",
         "data.code_budget_s=120",
         "data.code_timeout_s=4",
+        "data.code_compare=lines",
     )
-    assert explicit.keywords == {"require_think_close": True, "max_tests": 16, "timeout_s": 4.0, "budget_s": 120.0}
+    assert explicit.keywords == {
+        "require_think_close": True, "max_tests": 16, "timeout_s": 4.0, "script_timeout_s": 60.0, "memory_mb": 1024,
+        "compare": "lines", "budget_s": 120.0,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -161,6 +180,10 @@ def test_code_recipe_binds_the_rule_and_livecodebench_limits(with_template):
         ("data.require_think_close=1", "data.require_think_close: expected"),
         ("data.code_timeout_s=0", "code_timeout_s: must be > 0 seconds"),
         ("data.code_budget_s=-5", "code_budget_s: must be > 0 seconds"),
+        ("data.code_script_timeout_s=0", "code_script_timeout_s: must be > 0 seconds"),
+        ("data.code_compare=tokens", "code_compare: 'tokens' is not one of lines, whole"),
+        ("data.code_memory_mb=10", "code_memory_mb: must be >= 64 MiB"),
+        ("data.max_prompt_tokens=0", "max_prompt_tokens: must be >= 1"),
     ],
 )
 def test_bad_recipe_settings_are_one_line_errors(override, message):

@@ -232,7 +232,7 @@ def test_scoring_uses_the_math_reward_after_think():
         "\\boxed{3}": 1.0,  # no think block: the whole text is the answer region
         "<think></think> \\boxed{4}": 0.0,
         "<think>\\boxed{3}</think>": 0.0,  # the answer must come after </think>
-        "<think>1+2=3. \\boxed{3}": 0.0,  # think block never closed (truncated)
+        "<think>1+2=3. \\boxed{3}": 1.0,  # think block never closed: graded whole, as the authors' rewards grade
         "<think></think> 3": 0.0,
     }
     assert accuracy_module.score(list(completions), ["3"] * len(completions)) == list(completions.values())

@@ -4,6 +4,8 @@ the whole pipeline (SFT -> RL -> run folder) works in one and two processes."""
 
 import dataclasses
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from trl import GRPOConfig
 from archer.errors import UserError
 from archer.objective import compute_objective
 from archer.recipe import load_recipe
+from archer.training.callbacks import MetricsFileCallback
 from archer.training.config import OBJECTIVE_OWNS, ArcherConfig
 from archer.training.trainer import ArcherTrainer
 
@@ -77,6 +80,7 @@ def make_trainer(model_dir, tmp_path, reward, **overrides):
         args=args,
         train_dataset=ArithmeticTask().dataset(64, seed=1),
         processing_class=AutoTokenizer.from_pretrained(str(model_dir)),
+        callbacks=[MetricsFileCallback(args.output_dir)],  # metrics.jsonl, as archer train writes it
     )
 
 
@@ -114,7 +118,88 @@ def test_all_uniform_rollout_makes_no_update(sft_model_dir, tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(trainer.optimizer.state) == 0  # no AdamW step: no moment, no step count
-    assert trainer.state.global_step == 1  # the rollout itself counts (max_steps counts rollouts)
+    assert trainer.state.global_step == 1  # the rollout itself counts (max_steps counts rollouts)...
+    counter = trainer.rollout_counter()
+    assert (counter.updated, counter.without_update) == (0, 1)  # ...but not toward the schedule
+
+
+class UniformFirst:
+    """All rewards equal in the first ``uniform`` rollouts (every group dropped), parity afterwards."""
+
+    def __init__(self, uniform: int) -> None:
+        self.uniform, self.calls = uniform, 0
+        self.__name__ = "uniform_first"
+
+    def __call__(self, completions, **kwargs):
+        self.calls += 1
+        return constant_reward(completions) if self.calls <= self.uniform else half_the_groups_vary(completions)
+
+
+def test_a_rollout_without_update_moves_neither_the_schedule_nor_the_warm_up(tiny_model_dir, tmp_path):
+    # As in the authors' loop: the first rollout's groups are all dropped, so the warm-up starts at the second.
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, UniformFirst(1), max_steps=4, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=2, learning_rate=1e-3,
+    )  # fmt: skip
+    logs = train_logs(trainer)
+    assert [h["optimizer_steps"] for h in logs] == [0.0, 2.0, 2.0, 2.0]
+    assert [h["learning_rate"] for h in logs] == pytest.approx([0.0, 0.0, 5e-4, 1e-3])
+    assert trainer.state.global_step == 4  # max_steps counts every rollout
+    assert (trainer.rollout_counter().updated, trainer.rollout_counter().without_update) == (3, 0)
+
+
+def test_the_schedule_position_survives_a_resume(tiny_model_dir, tmp_path):
+    settings = dict(lr_scheduler_type="constant_with_warmup", warmup_steps=2, learning_rate=1e-3,
+                    save_strategy="steps", save_steps=1)  # fmt: skip
+    first = make_trainer(tiny_model_dir, tmp_path, UniformFirst(1), max_steps=2, **settings)
+    first.train()
+    state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["RolloutCounter"]["attributes"] == {"updated": 1, "without_update": 0}
+    resumed = make_trainer(tiny_model_dir, tmp_path, UniformFirst(0), max_steps=3, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    logs = [h for h in resumed.state.log_history if "loss" in h]
+    assert logs[-1]["learning_rate"] == pytest.approx(5e-4)  # one trained rollout before it, not two
+    assert resumed.rollout_counter().updated == 2
+
+
+def test_many_rollouts_in_a_row_without_update_stop_the_run(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, constant_reward, max_steps=5, max_rollouts_without_update=2)
+    with pytest.raises(UserError, match="max_rollouts_without_update=2: 2 rollouts in a row made no update") as err:
+        trainer.train()
+    assert "4 of 4 groups had all-equal rewards" in str(err.value) and trainer.state.global_step == 1
+    endless = make_trainer(tiny_model_dir, tmp_path, constant_reward, max_steps=3, max_rollouts_without_update=None)
+    endless.train()
+    assert endless.state.global_step == 3  # null: never stop
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_step_whose_gradient_norm_is_not_finite_is_skipped(tiny_model_dir, tmp_path, caplog, max_grad_norm):
+    # Every group is kept: the rollout makes 4 optimizer steps of one micro-batch each; the first backward pass gets
+    # a NaN gradient.
+    def alternating(completions, **kwargs):
+        return [float(i % 2) for i in range(len(completions))]
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, alternating, max_grad_norm=max_grad_norm)
+    param = trainer.model.model.norm.weight
+    backward_passes = []
+
+    def poison(grad):
+        backward_passes.append(1)
+        return grad * float("nan") if len(backward_passes) == 1 else grad
+
+    param.register_hook(poison)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    with caplog.at_level(logging.WARNING, logger="archer.training.trainer"):
+        logs = train_logs(trainer)
+    assert "gradient norm nan is not finite: optimizer step skipped" in caplog.text
+    assert [(h["optimizer_steps"], h["skipped_steps"]) for h in logs] == [(3.0, 1.0)]
+    assert trainer.optimizer_steps_taken() == 3  # AdamW stepped three times, never on the NaN gradient
+    assert math.isfinite(logs[0]["grad_norm"])  # the mean of the finite norms
+    for name, value in trainer.model.named_parameters():
+        assert torch.isfinite(value).all(), name
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [1.0]
 
 
 def first_group_varies(completions, **kwargs):
@@ -329,6 +414,9 @@ def test_pipeline_writes_a_complete_run_folder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "cpu_zero3.yaml"])
 def test_two_process_smoke(tmp_path, config):
+    # Under ZeRO-3 the run trains in bf16 (DeepSpeed's bf16 runs on CPU too), and the engine itself must accumulate
+    # and reduce gradients in fp32, as recipes/deepspeed/zero3_cpu.json (and zero3.json on GPUs) asks.
+    zero3 = config == "cpu_zero3.yaml"
     run = tmp_path / "run"
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions")}
     cmd = [
@@ -342,6 +430,7 @@ def test_two_process_smoke(tmp_path, config):
         str(SMOKE),
         f"trainer.output_dir={run}",
         "trainer.max_steps=2",
+        *(["trainer.bf16=true"] if zero3 else []),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -349,3 +438,22 @@ def test_two_process_smoke(tmp_path, config):
     results = json.loads((run / "train_results.json").read_text())
     assert results["compute"]["processes"] == 2
     assert (run / "model.safetensors").exists()
+    if zero3:  # read off the live engine and its ZeRO-3 optimizer (the partitioned gradient buffer), not the JSON
+        assert results["compute"]["deepspeed"] == {
+            "zero_stage": 3, "weights": "bfloat16", "gradient_accumulation": "float32", "gradient_communication": "float32"
+        }  # fmt: skip
+        assert "gradients accumulated in float32 and reduced in float32" in proc.stderr
+    else:
+        assert "deepspeed" not in results["compute"]
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_learn_stops_with_one_line(tmp_path):
+    # A 30-step warm start rarely answers right: with groups dropped, no rollout makes an update.
+    run = tmp_path / "run"
+    proc = run_cli("train", str(SMOKE), f"trainer.output_dir={run}", "trainer.drop_uniform_groups=true",
+                   "trainer.max_rollouts_without_update=1", cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error: trainer.max_rollouts_without_update=1: 1 rollout in a row made no update" in last, last
+    assert "Traceback" not in proc.stderr and not (run / "train_results.json").exists()

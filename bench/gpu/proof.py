@@ -323,17 +323,13 @@ WORKERS = {"trainers": worker_trainers, "objective": worker_objective}
 
 
 def _accelerate_config(path: Path, form: Form) -> Path:
-    """One-process DeepSpeed ZeRO-3 for ``accelerate launch`` (bf16 on GPU; the repo's CPU JSON on CPU)."""
+    """One-process DeepSpeed ZeRO-3 for ``accelerate launch``: the paper recipes' DeepSpeed JSON on GPU (bf16 from
+    the trainer's flag, fp32 gradient accumulation and reduction), the CPU one on CPU."""
     import yaml
 
-    if form.device == "cuda":
-        deepspeed = {"zero_stage": 3, "zero3_init_flag": True, "offload_optimizer_device": "none",
-                     "offload_param_device": "none"}  # fmt: skip
-        extra = {"mixed_precision": "bf16", "downcast_bf16": "no", "use_cpu": False}
-    else:
-        deepspeed = {"deepspeed_config_file": str(REPO / "recipes" / "deepspeed" / "zero3_cpu.json"),
-                     "zero3_init_flag": True}  # fmt: skip
-        extra = {}
+    name = "zero3.json" if form.device == "cuda" else "zero3_cpu.json"
+    deepspeed = {"deepspeed_config_file": str(REPO / "recipes" / "deepspeed" / name), "zero3_init_flag": True}
+    extra = {"use_cpu": False} if form.device == "cuda" else {}
     config = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "deepspeed_config": deepspeed,
               "num_machines": 1, "num_processes": 1, "machine_rank": 0, "main_training_function": "main",
               "rdzv_backend": "static", "same_network": True, **extra}  # fmt: skip

@@ -8,8 +8,8 @@ from archer.evaluation.evaluate_metrics import CITATION, code_specs, grading_opt
 
 _DESCRIPTION = """\
 Scores k sampled completions per programming problem exactly as Archer's training reward and `archer eval` do:
-the program is the last ```python block after the reasoning (text after the last `</think>`; a think block that
-never closes has no program), run against every test of the problem, LiveCodeBench style (stdin/stdout tests, or
+the program is the last ```python block after the reasoning (text after the last `</think>`, or the whole completion
+without one), run against every test of the problem, LiveCodeBench style (stdin/stdout tests, or
 functional tests calling a named method), each run in its own bubblewrap sandbox (no network, no host files, a
 memory budget, a time limit per test). A completion scores 1 when it passes every test, else 0. Reported: avg@k,
 the unbiased pass@k estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), optional pass@j for j < k, and every
@@ -25,8 +25,8 @@ Args:
         `{"inputs": [...], "outputs": [...]}`, or LiveCodeBench's compressed private tests); or a dict
         `{"tests": <that text>, "fn_name": <the method functional tests call; "" for stdin tests>}`.
     pass_k (`list` of `int`, optional): extra j <= k for which unbiased pass@j is reported too.
-    require_think_close (`bool`, optional, default False): a completion without `</think>` scores 0 (set it when the
-        prompt opened the reasoning, as DeepSeek-R1-Distill's chat template does).
+    require_think_close (`bool`, optional, default False): False grades a completion without `</think>` whole, as
+        the paper's authors grade; True scores it 0 (stricter: an implicit length penalty).
     code_timeout_s (`float`, optional): wall-clock limit per test run (default: 6 s, LiveCodeBench's).
     code_budget_s (`float`, optional): cap on the sum of one completion's test run times (default: none).
     code_memory_mb (`int`, optional): memory budget of one run (default: the code reward's).

@@ -8,8 +8,8 @@ from archer.evaluation.evaluate_metrics import CITATION, grading_options, math_s
 
 _DESCRIPTION = """\
 Scores k sampled completions per math problem exactly as Archer's training reward and `archer eval` do: the
-answer is the last \\boxed{} after the reasoning (text after the last `</think>`; a think block that never closes
-has no answer), checked against the gold answer symbolically with Math-Verify, in worker processes with a time
+answer is the last \\boxed{} after the reasoning (text after the last `</think>`, or the whole completion without
+one), checked against the gold answer symbolically with Math-Verify, in worker processes with a time
 limit per check. A completion scores 1 or 0. Reported: avg@k (the mean score over all samples, i.e. pass@1 averaged
 over k), the unbiased pass@k estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), optional pass@j for j < k, and
 every completion's score and extracted answer. Values are fractions in [0, 1].
@@ -21,9 +21,9 @@ Args:
     references (`list` of `str`, or `list` of `list` of `str`): each problem's gold answer, e.g. "\\frac{7}{8}" or
         "25"; or its accepted answers (any one scores 1, as OlympiadBench lists them).
     pass_k (`list` of `int`, optional): extra j <= k for which unbiased pass@j is reported too.
-    require_think_close (`bool`, optional, default False): a completion without `</think>` scores 0. Set it when
-        the prompt opened the reasoning (DeepSeek-R1-Distill's chat template ends with `<think>`), as the paper's
-        protocol and `archer eval`'s paper suite do: a completion cut off mid-thought then has no answer.
+    require_think_close (`bool`, optional, default False): False grades a completion without `</think>` whole, as
+        the paper's authors (and `archer eval`'s paper suite) grade; True scores it 0, a stricter rule (a completion
+        cut off mid-thought then has no answer: an implicit length penalty).
 Returns:
     avg@k (`float`): mean score over all completions of all problems (k is the number given per problem).
     pass@k (`float`): unbiased pass@k, averaged over problems; pass@j likewise for each j in `pass_k`.

@@ -80,6 +80,14 @@ class DataArgs:
         metadata={"help": "Column mapping in archer.data.loaders (guessed from the dataset id when unset)."},
     )
     config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    data_files: str | None = field(
+        default=None,
+        metadata={
+            "help": "A file (or glob) inside the Hub dataset or local folder to read instead of its default splits, "
+            "e.g. train/archercoder-1.5b-train.json."
+        },
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (branch, tag or commit)."})
     split: str = field(default="train", metadata={"help": "Dataset split to train on."})
     num_examples: int | None = field(
         default=None, metadata={"help": "Train prompts: generated count for built-in tasks, a cap for others."}
@@ -88,20 +96,57 @@ class DataArgs:
     rewards: list[str] = field(default_factory=lambda: ["math"], metadata={"help": "Reward functions by name."})
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function."})
     max_tests: int | None = field(
-        default=None, metadata={"help": "Code reward: at most this many sampled tests per problem (paper: 16)."}
+        default=None,
+        metadata={
+            "help": "Code reward: at most this many randomly drawn stdin/stdout tests per problem; functional problems "
+            "run all their tests (the authors' training: 16; null: all, as LiveCodeBench)."
+        },
     )
     code_timeout_s: float = field(
-        default=6.0, metadata={"help": "Code reward: wall-clock limit per test (LiveCodeBench: 6 s)."}
+        default=6.0,
+        metadata={
+            "help": "Code reward: wall-clock limit per stdin/stdout test (LiveCodeBench: 6 s; the authors: 30 s)."
+        },
+    )
+    code_script_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "Code reward: wall-clock limit of an assert-script test's whole run (verl's 'functional' ground "
+            "truth; the authors: 60 s)."
+        },
+    )
+    code_memory_mb: int = field(
+        default=1024,
+        metadata={
+            "help": "Code reward: address space per process and memory budget per run, in MiB (1 GiB, as the authors)."
+        },
+    )
+    code_compare: str = field(
+        default="lines",
+        metadata={
+            "help": "Code reward: how stdout is compared. lines: LiveCodeBench's rule (stripped lines, numbers as "
+            "decimals); whole: the authors' training rule (the whole stripped stdout equals the whole stripped "
+            "expected output)."
+        },
     )
     code_budget_s: float | None = field(
         default=None,
         metadata={"help": "Code reward: cap on the sum of one completion's test run times (null: none, as LCB)."},
     )
-    require_think_close: bool | str = field(
-        default="auto",
+    max_prompt_tokens: int | None = field(
+        default=None,
         metadata={
-            "help": "A completion without </think> scores 0 (true), or not (false); auto: true when the model's chat "
-            "template opens the reasoning (R1-distill, Qwen3 thinking mode), false without one (archer.rewards.thinking)."
+            "help": "Drop training prompts longer than this many tokens once the chat template is applied, as the "
+            "authors' loader does (their limit: 2048); null keeps every prompt (a filtered dataset is already short)."
+        },
+    )
+    require_think_close: bool | str = field(
+        default=False,
+        metadata={
+            "help": "What a completion without </think> scores. false (default, the paper's rule): it is graded whole, "
+            "as the authors' rewards do, so an answer written in reasoning cut off at the length limit can score; "
+            "true: it scores 0, a stricter choice of ours that acts as an implicit length penalty; auto: true when "
+            "the model's chat template opens the reasoning (R1-distill, Qwen3 thinking mode) (archer.rewards.thinking)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of generated training problems."})
@@ -118,14 +163,20 @@ class DataArgs:
             raise ValueError("rewards: name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
-        for name in ("num_examples", "max_tests"):
+        for name in ("num_examples", "max_tests", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: must be >= 1 (got {value})")
-        for name in ("code_timeout_s", "code_budget_s"):
+        for name in ("code_timeout_s", "code_script_timeout_s", "code_budget_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}: must be > 0 seconds (got {value})")
+        if self.code_memory_mb < 64:
+            raise ValueError(f"code_memory_mb: must be >= 64 MiB (got {self.code_memory_mb}); Python alone needs more")
+        from archer.rewards.code import COMPARE_RULES
+
+        if self.code_compare not in COMPARE_RULES:
+            raise ValueError(f"code_compare: {self.code_compare!r} is not one of {', '.join(COMPARE_RULES)}")
         from archer.rewards.thinking import check_setting
 
         check_setting(self.require_think_close, "require_think_close")
@@ -288,16 +339,16 @@ def check_model_source(recipe: Recipe) -> None:
 def check_data_source(recipe: Recipe) -> None:
     """Rewards and loader exist; built-in task settings build and keep training draws off the held-out set; local
     data paths exist."""
-    from archer.data.loaders import LOADERS, PREPARED
+    from archer.data.loaders import LOADERS, SPECIAL_LOADERS
     from archer.rewards import REWARD_FUNCS
 
     path, data = recipe.path, recipe.data
     for name in data.rewards:
         if name not in REWARD_FUNCS:
             raise UserError(f"{path}: data.rewards: unknown reward {short(name)}; valid: {', '.join(REWARD_FUNCS)}")
-    if data.loader is not None and data.loader not in (*LOADERS, PREPARED):
+    if data.loader is not None and data.loader not in (*LOADERS, *SPECIAL_LOADERS):
         raise UserError(
-            f"{path}: data.loader: unknown loader {short(data.loader)}; valid: {', '.join((*LOADERS, PREPARED))}"
+            f"{path}: data.loader: unknown loader {short(data.loader)}; valid: {', '.join((*LOADERS, *SPECIAL_LOADERS))}"
         )
     if data.is_builtin:
         _check_builtin_task(data, path)
@@ -367,6 +418,7 @@ TRAINER_LIMITS: dict[str, Limit] = {
     "seed": NON_NEGATIVE,
     "vllm_gpu_memory_utilization": FRACTION,
     "dataloader_num_workers": NON_NEGATIVE,
+    "max_rollouts_without_update": at_least(1),
 }
 
 

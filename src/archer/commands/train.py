@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="DeepSpeed ZeRO stage --dry-run plans for on several processes (0: DDP; default 3)",
     )
+    parser.add_argument(
+        "--deepspeed-config",
+        default=None,
+        help="DeepSpeed JSON config --dry-run plans a ZeRO launch with (default: recipes/deepspeed/zero3.json, the "
+        "paper recipes' accelerate configs' file)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +51,14 @@ def run(args: argparse.Namespace) -> int:
         from archer.recipe import load_recipe_for_plan
 
         recipe = load_recipe_for_plan(args.recipe, args.overrides)
-        print(describe(recipe, num_processes=args.num_processes, zero_stage=args.zero_stage))
+        print(
+            describe(
+                recipe,
+                num_processes=args.num_processes,
+                zero_stage=args.zero_stage,
+                deepspeed_config=args.deepspeed_config,
+            )
+        )
         return 0
 
     from archer.recipe import load_recipe

@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loader", default=None, help="archer.data.loaders loader (guessed from the Hub id)")
     parser.add_argument("--config", default=None, help="dataset configuration name")
     parser.add_argument("--split", default="train")
+    parser.add_argument("--data-files", default=None, help="one file (or glob) of the dataset repo or folder to read")
     parser.add_argument("--num-examples", type=int, default=None, help="filter only the first N problems")
     parser.add_argument("--min-tests", type=int, default=None, help="code: drop problems with fewer tests")
     parser.add_argument("--system-prompt", default=None)
@@ -223,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-think-close",
         choices=("auto", "true", "false"),
-        default="auto",
-        help="a completion without </think> scores 0 (auto: when the chat template opens the reasoning)",
+        default="false",
+        help="false (default, as the paper's recipes train): a completion without </think> is graded whole; "
+        "true: it scores 0; auto: true when the chat template opens the reasoning",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="transformers")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from archer.data.loaders import LOADERS, PREPARED, convert_dataset, guess_loader, read_dataset
+    from archer.data.loaders import LOADERS, PREPARED, VERL, convert_dataset, guess_loader, read_dataset
+    from archer.data.verl import convert_verl, is_verl
     from archer.rewards import get_reward_func, resolve_require_think_close
 
     output = Path(args.output)
@@ -258,11 +261,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    raw = read_dataset(args.dataset, args.split, args.config)
+    raw = read_dataset(args.dataset, args.split, args.config, args.data_files)
     if args.num_examples:
         raw = raw.select(range(min(args.num_examples, len(raw))))
     loader = args.loader or guess_loader(args.dataset)
-    if loader and loader != PREPARED:
+    if loader == VERL or (loader is None and is_verl(raw.column_names)):
+        dataset = convert_verl(raw, [args.reward], system_prompt=args.system_prompt, source=args.dataset)
+    elif loader and loader != PREPARED:
         if LOADERS.get(loader) and LOADERS[loader].reward != args.reward:
             raise UserError(f"--reward {args.reward}: loader {loader!r} gives {LOADERS[loader].reward} problems")
         dataset = convert_dataset(

@@ -8,6 +8,10 @@ Rows a loader cannot use (no answer, no tests) are dropped and counted in the lo
 The column layouts are those of the datasets' Hub pages (2026-11). A local folder (``save_to_disk``) or a
 ``.json`` / ``.jsonl`` / ``.parquet`` file works too: with a loader name, or with the columns ``prompt`` and
 ``solution`` / ``tests`` already there (the output of ``python -m archer.data.filtering``), as prepared data.
+
+Datasets made for verl (``prompt`` chat + ``reward_model.ground_truth``, e.g. the authors' code set
+``wizardII/ArcherCodeR-Dataset``) keep their own prompts: ``data.loader: verl`` (:mod:`archer.data.verl`), also
+chosen by itself for a dataset with those columns and no loader of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import datasets
 
+from archer.data.verl import convert_verl, is_verl
 from archer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -226,6 +231,9 @@ LOADERS: dict[str, Loader] = {
     )
 }
 PREPARED = "prepared"  # rows that already hold prompt + solution | tests
+VERL = "verl"  # verl's RL format, read by archer.data.verl (prompts kept as they are)
+VERL_HUB_IDS = ("wizardII/ArcherCodeR-Dataset",)  # the authors' code training set
+SPECIAL_LOADERS = (PREPARED, VERL)
 
 
 def guess_loader(dataset: str) -> str | None:
@@ -234,6 +242,8 @@ def guess_loader(dataset: str) -> str | None:
     for loader in LOADERS.values():
         if any(wanted == hub_id.lower() for hub_id in loader.hub_ids):
             return loader.name
+    if any(wanted == hub_id.lower() for hub_id in VERL_HUB_IDS):
+        return VERL
     return None
 
 
@@ -282,27 +292,57 @@ def convert_dataset(
     return datasets.Dataset.from_list(rows)
 
 
-def read_dataset(dataset: str, split: str = "train", config: str | None = None) -> datasets.Dataset:
-    """A Hub dataset, a ``save_to_disk`` folder or a json / jsonl / parquet / csv file, as one split."""
+def _file_kind(name: str) -> str:
+    suffix = Path(name).suffix
+    return {".jsonl": "json"}.get(suffix, suffix.lstrip("."))
+
+
+def read_dataset(
+    dataset: str,
+    split: str = "train",
+    config: str | None = None,
+    data_files: str | None = None,
+    revision: str | None = None,
+) -> datasets.Dataset:
+    """A Hub dataset, a ``save_to_disk`` folder or a json (records or JSON lines) / jsonl / parquet / csv file, as
+    one split. ``data_files`` reads that file (or glob) of a Hub dataset or local folder instead of its splits."""
     path = Path(dataset).expanduser()
     try:
+        if path.is_dir() and data_files:
+            return datasets.load_dataset(_file_kind(data_files), data_files=str(path / data_files), split="train")
         if path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(str(path))
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         if path.is_file():
-            kind = {".jsonl": "json"}.get(path.suffix, path.suffix.lstrip("."))
-            return datasets.load_dataset(kind, data_files=str(path), split="train")
-        return datasets.load_dataset(dataset, name=config, split=split)
-    except (FileNotFoundError, ValueError, KeyError, ConnectionError, OSError) as err:
+            return datasets.load_dataset(_file_kind(path.name), data_files=str(path), split="train")
+        if data_files:  # one file of a Hub dataset repo
+            return datasets.load_dataset(dataset, data_files=data_files, split="train", revision=revision)
+        return datasets.load_dataset(dataset, name=config, split=split, revision=revision)
+    except (
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        ConnectionError,
+        OSError,
+        datasets.exceptions.DatasetGenerationError,
+    ) as err:
         where = f"{dataset} (config {config}, split {split})" if config else f"{dataset} (split {split})"
+        if data_files:
+            where = f"{dataset} (file {data_files})"
         raise UserError(f"data.dataset: cannot load {where}: {' '.join(str(err).split())[:300]}") from None
 
 
 def load_training_dataset(data: Any) -> datasets.Dataset:
     """The training set a recipe's ``data`` block (:class:`archer.recipe.DataArgs`) names, ready for the trainer."""
-    raw = read_dataset(data.dataset, data.split, data.config)
+    raw = read_dataset(data.dataset, data.split, data.config, data.data_files, data.revision)
     loader = data.loader or guess_loader(data.dataset)
-    if loader is None or loader == PREPARED:
+    columns = set(raw.column_names)
+    source = f"{data.dataset}/{data.data_files}" if data.data_files else data.dataset
+    if loader is None and is_verl(raw.column_names) and not columns & {"solution", "tests"}:
+        loader = VERL  # a dataset made for verl, with no loader of its own
+    if loader == VERL:
+        dataset = convert_verl(raw, data.rewards, system_prompt=data.system_prompt, source=source)
+    elif loader is None or loader == PREPARED:
         dataset = _prepared(raw, data.dataset, data.system_prompt)
     else:
         dataset = convert_dataset(raw, loader, system_prompt=data.system_prompt, source=data.dataset)
@@ -316,8 +356,8 @@ def _prepared(dataset: datasets.Dataset, source: str, system_prompt: str | None)
     columns = set(dataset.column_names)
     if "prompt" not in columns or not columns & {"solution", "tests"}:
         raise UserError(
-            f"data.loader: no loader for {source!r} and it lacks the columns prompt + solution | tests; name one of "
-            f"{', '.join(sorted(LOADERS))}"
+            f"data.loader: no loader for {source!r} and it lacks the columns prompt + solution | tests (or verl's "
+            f"prompt + reward_model); name one of {', '.join([*sorted(LOADERS), VERL])}"
         )
     if system_prompt:
 
@@ -331,3 +371,29 @@ def _prepared(dataset: datasets.Dataset, source: str, system_prompt: str | None)
 
         dataset = dataset.map(add_system)
     return dataset
+
+
+def drop_long_prompts(
+    dataset: datasets.Dataset,
+    tokenizer: Any,
+    max_tokens: int,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    source: str = "dataset",
+) -> datasets.Dataset:
+    """The rows whose prompt, rendered as the trainer renders it (chat template with the generation prompt), is at
+    most ``max_tokens`` tokens, as the authors' loader keeps them (verl's ``filter_overlong_prompts``)."""
+    kwargs = dict(chat_template_kwargs or {})
+
+    def length(prompt: Any) -> int:
+        if isinstance(prompt, str):
+            return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, **kwargs)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    kept = dataset.filter(lambda row: length(row["prompt"]) <= max_tokens, desc=f"prompts <= {max_tokens} tokens")
+    if len(kept) < len(dataset):
+        logger.info("%s: %d of %d prompts longer than %d tokens dropped", source, len(dataset) - len(kept),
+                    len(dataset), max_tokens)  # fmt: skip
+    if not len(kept):
+        raise UserError(f"data.max_prompt_tokens={max_tokens}: every prompt of {source} is longer; raise it")
+    return kept

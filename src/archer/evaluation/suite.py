@@ -51,7 +51,11 @@ class TaskSpec:
     data: str | None = field(default=None, metadata={"help": "local data file or dataset folder"})
     revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit sha) to load"})
     require_think_close: bool | Literal["auto"] = field(
-        default="auto", metadata={"help": "a completion without </think> scores 0; auto: the chat template decides"}
+        default=False,
+        metadata={
+            "help": "false (default, the paper's rule): a completion without </think> is graded whole, as the "
+            "authors grade; true: it scores 0 (stricter, ours); auto: true when the chat template opens the reasoning"
+        },
     )
     # LiveCodeBench's protocol: 6 s per test, no cap on a completion's total (archer.rewards.code)
     code_timeout_s: float = field(default=6.0, metadata={"help": "sandbox time limit per test"})

@@ -9,16 +9,39 @@ that cannot fit whatever the batch) raises :class:`UserError`; one that probably
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from archer.errors import UserError
+from archer.files import short
 from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
 from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
 from archer.planning.precision import Precision, mixed_precision, precision_of
 from archer.training.batch import BatchPlan, plan_recipe, raw_trainer
 
-if TYPE_CHECKING:
-    pass
+DEEPSPEED_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default zero_optimization.reduce_bucket_size (elements)
+
+
+def default_deepspeed_config() -> Path:
+    """The DeepSpeed config of the paper recipes' accelerate configs (recipes/accelerate/zero3.yaml and
+    multi_node_zero3.yaml): what a ZeRO plan assumes unless told otherwise."""
+    from archer.resources import asset
+
+    return asset("recipes", "deepspeed", "zero3.json")
+
+
+def read_deepspeed_config(path: str | Path) -> dict[str, Any]:
+    """A DeepSpeed JSON config as a dict; a missing or malformed file is one line."""
+    path = Path(path).expanduser()
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(
+            f"--deepspeed-config {path}: cannot read it as a DeepSpeed JSON config ({short(err)})"
+        ) from None
+    if not isinstance(config, dict):
+        raise UserError(f"--deepspeed-config {path}: a DeepSpeed config is a JSON object, got {type(config).__name__}")
+    return config
 
 
 def describe(
@@ -27,44 +50,98 @@ def describe(
     *,
     zero_stage: int = 3,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    deepspeed_config: str | Path | None = None,
 ) -> str:
     """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
 
-    ``num_processes`` defaults to the launch's world size (``WORLD_SIZE``, 1 outside a launcher). Raises
-    UserError on settings that cannot run.
+    ``num_processes`` defaults to the launch's world size (``WORLD_SIZE``, 1 outside a launcher). A ZeRO plan
+    reads its gradient dtypes and reduce bucket from ``deepspeed_config`` (default: the paper recipes'
+    ``recipes/deepspeed/zero3.json``). Raises UserError on settings that cannot run.
     """
     args = recipe.trainer
     plan = plan_recipe(recipe, num_processes)
     world = plan.num_processes
     stage = zero_stage if world > 1 else 0
-    precision = _precision(recipe, stage)
+    ds_config = read_deepspeed_config(deepspeed_config or default_deepspeed_config()) if stage else None
+    precision = _precision(recipe, stage, ds_config, world)
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
     lines += _effective_config(recipe, objective)
     lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
     lines += _format_plan(plan, args, responses_per_step_given=raw_trainer(recipe).get("responses_per_step"))
     launch = f"DeepSpeed ZeRO-{stage}" if stage else "DDP" if world > 1 else "one process"
-    lines += ["", f"precision ({launch}):", *precision.lines()]
-    lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision)
+    shape = _model_shape(recipe)
+    lines += [
+        "",
+        f"precision ({launch}):",
+        *_with_gradient_costs(precision.lines(), shape, precision, stage, world, ds_config),
+    ]
+    lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision, shape, ds_config)
     return "\n".join(lines)
 
 
-def _precision(recipe: Any, stage: int) -> Precision:
+def _precision(recipe: Any, stage: int, ds_config: dict[str, Any] | None, world: int) -> Precision:
     """What each part runs in on this launch (archer.planning.precision); ZeRO stages mean DeepSpeed with the recipe's
-    bf16 / fp16 flag as its mixed precision (the accelerate configs under recipes/accelerate/)."""
+    bf16 / fp16 flag as its mixed precision ("auto" in recipes/deepspeed/*.json) and that config's gradient dtypes."""
     if recipe.model.is_tiny:
         checkpoint_dtype = "float32"
     else:
         config = json.loads(config_file_for(recipe.model.name_or_path).read_text())
         checkpoint_dtype = config.get("dtype") or config.get("torch_dtype")
     deepspeed_mixed = stage >= 2 and mixed_precision(recipe.trainer) is not None
-    return precision_of(recipe, deepspeed_mixed=deepspeed_mixed, checkpoint_dtype=checkpoint_dtype)
+    return precision_of(
+        recipe,
+        deepspeed_mixed=deepspeed_mixed,
+        checkpoint_dtype=checkpoint_dtype,
+        deepspeed_config=ds_config,
+        processes=world,
+    )
 
 
-def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> list[str]:
+def _reduce_bucket_bytes(ds_config: dict[str, Any] | None, precision: Precision) -> float:
+    """ZeRO's gradient reduction bucket: reduce_bucket_size elements in the communication dtype."""
+    if ds_config is None:
+        return 0.0
+    size = (ds_config.get("zero_optimization") or {}).get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)
+    if not isinstance(size, (int, float)):  # "auto": transformers sets hidden_size^2, a few MB
+        return 0.0
+    return float(size) * DTYPE_BYTES.get(precision.grad_reduce_dtype, 2)
+
+
+def _with_gradient_costs(
+    lines: list[str], shape: ModelShape, precision: Precision, stage: int, world: int, ds_config: dict[str, Any] | None
+) -> list[str]:
+    """The precision table with what gradients wider than the weights cost per GPU on their two lines."""
+    half = DTYPE_BYTES[precision.weights_dtype]
+    accumulate = DTYPE_BYTES.get(precision.grad_dtype, 4)
+    if not stage or accumulate <= half:
+        return lines
+    extra = shape.num_parameters * (accumulate - half) / (world if stage >= 2 else 1)
+    costs = {
+        "  gradient accumulation": f": +{extra / GIB:.2f} GiB per GPU over {precision.weights_dtype} gradients",
+    }
+    bucket = _reduce_bucket_bytes(ds_config, precision)
+    if bucket:
+        size = (ds_config or {}).get("zero_optimization", {}).get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)
+        same = abs(bucket - DEEPSPEED_REDUCE_BUCKET * half) < 1
+        costs["  gradient reduction"] = (
+            f": bucket of {size:,} x {DTYPE_BYTES.get(precision.grad_reduce_dtype, 2)} bytes = {bucket / GIB:.2f} GiB"
+            + (f", as DeepSpeed's default bucket in {precision.weights_dtype}" if same else "")
+        )
+    return [line + next((cost for head, cost in costs.items() if line.startswith(head)), "") for line in lines]
+
+
+def _memory_lines(
+    recipe: Any,
+    plan: BatchPlan,
+    stage: int,
+    gpu_memory_gib: float,
+    precision: Precision,
+    shape: ModelShape,
+    ds_config: dict[str, Any] | None,
+) -> list[str]:
     args, world = recipe.trainer, plan.num_processes
-    shape = _model_shape(recipe)
-    dtype_bytes = DTYPE_BYTES.get(precision.load_dtype, 2)  # the weights as trained (DeepSpeed: half; else fp32)
+    dtype_bytes = DTYPE_BYTES[precision.weights_dtype]  # the weights as trained (DeepSpeed: half; else fp32)
     activation_bytes = 4 if precision.compute == "float32" else 2
     memory = estimate_memory(
         shape,
@@ -74,6 +151,8 @@ def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: floa
         sequence_length=plan.max_sequence_length or plan.max_completion_length,
         dtype_bytes=dtype_bytes,
         activation_bytes=activation_bytes,
+        grad_bytes=DTYPE_BYTES.get(precision.grad_dtype, dtype_bytes),
+        reduce_bucket_bytes=_reduce_bucket_bytes(ds_config, precision),
         gradient_checkpointing=bool(args.gradient_checkpointing),
         reference_model=args.beta != 0.0,
         vllm_colocate_fraction=args.vllm_gpu_memory_utilization
@@ -119,15 +198,20 @@ def _model_shape(recipe: Any) -> ModelShape:
 
 def _effective_config(recipe: Any, objective: Any) -> list[str]:
     args, data, model = recipe.trainer, recipe.data, recipe.model
+    source = f"{data.dataset}, file {data.data_files}" if data.data_files else data.dataset
+    prompts = f", prompts <= {data.max_prompt_tokens} tokens" if data.max_prompt_tokens else ""
     lines = [
         f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
-        f"data: {data.dataset} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)})",
+        f"data: {source} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)}"
+        f"{prompts})",
         f"objective: {args.objective} {objective.to_dict()}",
         f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule "
-        f"counted in rollouts, warm-up {args.warmup_steps:g} rollouts, weight decay {args.weight_decay:g}, grad clip "
-        f"{args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
+        f"counted in rollouts that make an update, warm-up {args.warmup_steps:g} of them, weight decay "
+        f"{args.weight_decay:g}, grad clip {args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g}); "
+        "a step whose gradient norm is not finite is skipped",
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
         f"grading: a completion without </think> {_think_close(data.require_think_close)}",
+        *_reward_lines(data),
         f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
         f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
     ]
@@ -147,16 +231,50 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
             lines.append("vLLM importance-sampling correction: off (as the reference: the mismatch is only logged)")
     else:
         lines.append("rollouts: transformers generate()")
-    lines.append(
-        f"run: max_steps {args.max_steps} rollouts (one Trainer step = one rollout), output {args.output_dir}"
+    stop = (
+        f"; stops after {args.max_rollouts_without_update} rollouts in a row without one"
+        if args.max_rollouts_without_update
+        else ""
     )
+    lines.append(
+        f"run: max_steps {args.max_steps} rollouts (one Trainer step = one rollout, whether it makes an update or "
+        f"not{stop}), output {args.output_dir}"
+    )
+    return lines
+
+
+def _reward_lines(data: Any) -> list[str]:
+    """How each reward grades (the code reward's limits and stdout rule)."""
+    lines = []
+    if "math" in data.rewards:
+        lines.append(
+            "math reward: the last \\boxed{} checked against the answer with Math-Verify (parse + verify); the "
+            "authors' run: rllm's mathd / sympy graders, then a Math-Verify exact string match (README: What differs)"
+        )
+    if "code" in data.rewards:
+        tests = f"at most {data.max_tests} random tests" if data.max_tests else "every test"
+        rule = {
+            "whole": "whole stripped stdout equal to the expected (the authors' training rule)",
+            "lines": "stdout line by line, numbers as decimals (LiveCodeBench's rule)",
+        }[data.code_compare]
+        budget = f"{data.code_budget_s:g} s" if data.code_budget_s else "none"
+        lines.append(
+            f"code reward: {tests} per stdin/stdout problem (functional problems: all), {data.code_timeout_s:g} s per "
+            f"stdin/stdout test, {data.code_script_timeout_s:g} s per assert script, {data.code_memory_mb} MiB "
+            f"address space per run, {rule}, cap per completion {budget}"
+        )
     return lines
 
 
 def _think_close(setting: bool | str) -> str:
     if setting == "auto":
-        return "scores 0 if the model's chat template opens the reasoning (require_think_close: auto)"
-    return "scores 0 (require_think_close: true)" if setting else "is graded whole (require_think_close: false)"
+        return (
+            "scores 0 if the model's chat template opens the reasoning, else is graded whole (require_think_close: "
+            "auto)"
+        )
+    if setting:
+        return "scores 0 (require_think_close: true; stricter than the paper, an implicit length penalty)"
+    return "is graded whole, as the authors' rewards grade it (require_think_close: false)"
 
 
 def _count(n: int) -> str:

@@ -54,6 +54,8 @@ def estimate_memory(
     dtype_bytes: int = 2,
     activation_bytes: int | None = None,
     gradient_checkpointing: bool = True,
+    grad_bytes: int | None = None,
+    reduce_bucket_bytes: float = 0.0,
     reference_model: bool = False,
     vllm_colocate_fraction: float | None = None,
     vllm_sleep_mode: bool = False,
@@ -61,10 +63,12 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Memory per GPU of one training process.
 
-    Model states follow the ZeRO paper's mixed-precision Adam accounting: weights and gradients in the training
-    dtype (``dtype_bytes``), plus 12 bytes per parameter (fp32 master copy, Adam m and v) when the weights are
-    16-bit, 8 (m, v) when they are fp32 (their own master copy). Activations are in ``activation_bytes`` (the
-    compute dtype; default ``dtype_bytes``). Stage 0 (DDP) replicates all of it; stage 2 shards gradients and optimizer state over
+    Model states follow the ZeRO paper's mixed-precision Adam accounting: weights in the training dtype
+    (``dtype_bytes``), gradients in their accumulation dtype (``grad_bytes``, default ``dtype_bytes``: DeepSpeed's
+    ``data_types.grad_accum_dtype`` fp32 makes it 4), plus 12 bytes per parameter (fp32 master copy, Adam m and v)
+    when the weights are 16-bit, 8 (m, v) when they are fp32 (their own master copy). ``reduce_bucket_bytes`` is
+    ZeRO's gradient reduction bucket (its ``reduce_bucket_size`` elements in the communication dtype), allocated
+    whole. Activations are in ``activation_bytes`` (the compute dtype; default ``dtype_bytes``). Stage 0 (DDP) replicates all of it; stage 2 shards gradients and optimizer state over
     ``world_size``; stage 3 also shards the weights and gathers about two blocks (the running layer and the
     prefetched one) at a time. Activations: with gradient checkpointing one hidden state per layer is kept and one
     layer is recomputed at a time, without it every layer's intermediates live until backward (attention through
@@ -82,7 +86,9 @@ def estimate_memory(
     if zero_stage == 3:
         largest_block = max(shape.layer_parameters, shape.embedding_parameters)
         items["weights gathered (ZeRO-3)"] = 2 * largest_block * dtype_bytes
-    items["gradients"] = p * dtype_bytes / shard_states
+    items["gradients"] = p * (grad_bytes or dtype_bytes) / shard_states
+    if reduce_bucket_bytes:
+        items["gradient reduce bucket"] = reduce_bucket_bytes
     items["optimizer states"] = p * optimizer_bytes / shard_states
     if reference_model:
         items["reference model"] = p * dtype_bytes / shard_weights

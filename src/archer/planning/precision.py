@@ -1,19 +1,34 @@
 """Which precision each part of a run uses, decided in one place for training and for the dry run.
 
-The reference keeps fp32 master weights and computes in bf16 (FSDP mixed precision). Here:
+The reference keeps fp32 master weights, computes in bf16, and reduces and accumulates gradients in fp32 (FSDP
+mixed precision with ``reduce_dtype`` fp32). Here:
 
 - under DeepSpeed with its bf16 (or fp16) mode on, DeepSpeed holds the weights in bf16 and keeps fp32 master
-  copies inside its optimizer: the checkpoint loads in the recipe's ``model.dtype``;
+  copies inside its optimizer: the checkpoint loads in the recipe's ``model.dtype``. Gradients are accumulated and
+  reduced in the dtypes of the DeepSpeed config's ``data_types.grad_accum_dtype`` and ``communication_data_type``
+  (both the weights' half dtype when unset); the paper recipes' ``recipes/deepspeed/zero3.json`` sets both to fp32;
 - everywhere else (one process, DDP, DeepSpeed without mixed precision) the optimizer is plain AdamW on the
   model's own parameters, so the model loads in float32 whatever ``model.dtype`` says, and ``trainer.bf16`` (or
-  ``fp16``) runs the forward and backward passes under autocast. AdamW on bf16 weights would drop most updates
-  at lr 1e-6: a bf16 weight near 0.02 moves only in steps of about 1e-4.
+  ``fp16``) runs the forward and backward passes under autocast; gradients are the fp32 weights' own. AdamW on
+  bf16 weights would drop most updates at lr 1e-6: a bf16 weight near 0.02 moves only in steps of about 1e-4.
+
+vLLM serves the policy in its own dtype: TRL 1.16 starts it with ``dtype="auto"``, which keeps a bf16 or fp16
+checkpoint's dtype and serves a float32 checkpoint in bfloat16 on GPUs that have it (compute capability 8.0 and
+up; float16 on older ones): ``vllm_dtype`` says which.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# DeepSpeed's spellings of a gradient dtype (its DtypeEnum) -> torch's name
+_DTYPE_NAMES = {
+    **dict.fromkeys(("fp32", "float32", "float", "torch.float32"), "float32"),
+    **dict.fromkeys(("bf16", "bfloat16", "torch.bfloat16"), "bfloat16"),
+    **dict.fromkeys(("fp16", "float16", "half", "torch.float16"), "float16"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,13 +41,20 @@ class Precision:
     compute: str
     reference: str
     rollout: str
-    rollout_dtype: str  # what vLLM holds its weights in (its dtype 'auto': the checkpoint's), or the compute dtype
+    rollout_dtype: str  # what vLLM holds its weights in (vllm_dtype), or the compute dtype
+    gradients: str = ""  # how gradients are accumulated over micro-batches, as words
+    reduction: str = ""  # how they are reduced across processes, as words
+    grad_dtype: str = "float32"  # the dtype gradients are accumulated (and held) in
+    weights_dtype: str = "float32"  # the dtype the trained weights are held in (DeepSpeed's half, else fp32)
+    grad_reduce_dtype: str = "float32"  # the dtype they travel in between processes
 
     def lines(self) -> list[str]:
         return [
             f"  weights (forward / backward)   {self.weights}",
             f"  master copy (AdamW updates)    {self.master}",
             f"  compute                        {self.compute}",
+            f"  gradient accumulation          {self.gradients}",
+            f"  gradient reduction             {self.reduction}",
             f"  reference model                {self.reference}",
             f"  rollout engine                 {self.rollout}",
         ]
@@ -56,6 +78,31 @@ def deepspeed_mixed_precision(args: Any) -> bool:
     return False
 
 
+def dtype_name(value: Any) -> str | None:
+    """torch's name of a dtype given in any of DeepSpeed's spellings ('fp32', 'bf16', ...), or None."""
+    return None if value is None else _DTYPE_NAMES.get(str(value).lower())
+
+
+def deepspeed_gradient_dtypes(config: Mapping[str, Any] | None, half: str | None) -> tuple[str, str]:
+    """(accumulation, reduction) dtypes of gradients under a DeepSpeed config whose weights are ``half`` (None:
+    fp32 weights), as DeepSpeed 0.19 decides them: ``data_types.grad_accum_dtype`` (default: the weights' dtype)
+    and ``communication_data_type`` (default: the half dtype, else float32)."""
+    config = config or {}
+    weights = half or "float32"
+    accumulation = dtype_name((config.get("data_types") or {}).get("grad_accum_dtype")) or weights
+    reduction = dtype_name(config.get("communication_data_type")) or weights
+    return accumulation, reduction
+
+
+def vllm_dtype(checkpoint_dtype: str | None, bf16_gpu: bool = True) -> str:
+    """What vLLM's ``dtype="auto"`` (TRL 1.16 passes no other) serves a checkpoint of ``checkpoint_dtype`` in: its
+    own dtype when 16-bit; a float32 checkpoint is cast down to bfloat16 on GPUs with bf16 (compute capability 8.0
+    and up: A100, H100), float16 on older ones (vLLM 0.30's rule for dtype auto)."""
+    if checkpoint_dtype in ("bfloat16", "float16"):
+        return checkpoint_dtype
+    return "bfloat16" if bf16_gpu else "float16"
+
+
 def plan_precision(
     *,
     model_dtype: str,
@@ -64,6 +111,8 @@ def plan_precision(
     reference_model: bool,
     use_vllm: bool,
     checkpoint_dtype: str | None = None,
+    deepspeed_config: Mapping[str, Any] | None = None,
+    processes: int = 1,
 ) -> Precision:
     """The precision of each part.
 
@@ -73,7 +122,9 @@ def plan_precision(
         deepspeed_mixed: DeepSpeed runs with its bf16 / fp16 mode on.
         reference_model: a reference model is loaded (a KL weight is > 0).
         use_vllm: rollouts are sampled by vLLM.
-        checkpoint_dtype: the checkpoint's own dtype (config.json), which vLLM loads (dtype 'auto'), if known.
+        checkpoint_dtype: the checkpoint's own dtype (config.json), from which vLLM's ``auto`` picks its dtype.
+        deepspeed_config: the DeepSpeed config of the launch (its gradient dtypes), when DeepSpeed runs.
+        processes: training processes (one process reduces nothing).
     """
     half = {"bf16": "bfloat16", "fp16": "float16"}.get(mixed or "")
     if deepspeed_mixed:
@@ -83,14 +134,30 @@ def plan_precision(
         master = "float32 (DeepSpeed's optimizer keeps fp32 master weights)"
         compute = half
         reference = f"{half} (DeepSpeed, inference only)"
+        grad_dtype, reduce_dtype = deepspeed_gradient_dtypes(deepspeed_config, half)
+        gradients = f"{grad_dtype} (DeepSpeed data_types.grad_accum_dtype{'' if grad_dtype != half else ': unset'})"
+        reduction = (
+            f"{reduce_dtype} (DeepSpeed communication_data_type{'' if reduce_dtype != half else ': unset'})"
+            if processes > 1
+            else "none (one process)"
+        )
     else:
         load = "float32"
         weights = master = "float32 (the same tensors: AdamW updates the weights themselves)"
         compute = f"{half} autocast" if half else "float32"
         reference = f"float32 weights, {compute} compute" if half else "float32"
+        grad_dtype = reduce_dtype = "float32"
+        if deepspeed_config is not None:  # DeepSpeed without mixed precision: fp32 weights, fp32 gradients
+            grad_dtype, reduce_dtype = deepspeed_gradient_dtypes(deepspeed_config, None)
+        gradients = f"{grad_dtype} (the fp32 weights' own gradients)"
+        reduction = f"{reduce_dtype} (as accumulated)" if processes > 1 else "none (one process)"
     if use_vllm:
-        rollout_dtype = checkpoint_dtype or "bfloat16"
-        rollout = f"vLLM, {rollout_dtype} (fresh weights cast from the policy each rollout)"
+        rollout_dtype = vllm_dtype(checkpoint_dtype)
+        cast = " (vLLM's dtype auto casts a float32 checkpoint down; float16 on GPUs without bf16)"
+        rollout = (
+            f"vLLM, {rollout_dtype}{cast if checkpoint_dtype in (None, 'float32') else ''}, fresh weights cast "
+            "from the policy each rollout"
+        )
     else:
         rollout_dtype = half or "float32"
         rollout = f"transformers generate() on the policy itself ({compute})"
@@ -102,10 +169,22 @@ def plan_precision(
         reference=reference if reference_model else "none (no KL term)",
         rollout=rollout,
         rollout_dtype=rollout_dtype,
+        gradients=gradients,
+        reduction=reduction,
+        grad_dtype=grad_dtype,
+        grad_reduce_dtype=reduce_dtype,
+        weights_dtype=(half or "bfloat16") if deepspeed_mixed else "float32",
     )
 
 
-def precision_of(recipe: Any, *, deepspeed_mixed: bool, checkpoint_dtype: str | None = None) -> Precision:
+def precision_of(
+    recipe: Any,
+    *,
+    deepspeed_mixed: bool,
+    checkpoint_dtype: str | None = None,
+    deepspeed_config: Mapping[str, Any] | None = None,
+    processes: int = 1,
+) -> Precision:
     """:func:`plan_precision` for a parsed recipe (:class:`archer.recipe.Recipe`)."""
     args = recipe.trainer
     return plan_precision(
@@ -115,4 +194,12 @@ def precision_of(recipe: Any, *, deepspeed_mixed: bool, checkpoint_dtype: str | 
         reference_model=args.beta != 0.0,
         use_vllm=bool(args.use_vllm),
         checkpoint_dtype=checkpoint_dtype,
+        deepspeed_config=deepspeed_config,
+        processes=processes,
     )
+
+
+def deepspeed_config_of(args: Any) -> dict[str, Any] | None:
+    """The DeepSpeed config of this launch (None without DeepSpeed)."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return None if plugin is None else dict(plugin.deepspeed_config or {})

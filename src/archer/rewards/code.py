@@ -3,12 +3,19 @@
 Tests run in parallel on a process-wide thread pool (one sandbox per core at a time), shared by every caller so
 that training and evaluation never oversubscribe the machine. A problem stops at its first failing test.
 
-Time limits follow LiveCodeBench's protocol (LiveCodeBench/LiveCodeBench, lcb_runner/evaluation/
-compute_code_generation_metrics.py: ``timeout=6`` per test, and a process guard of (timeout + 1) s per test + 5 s):
-each test has its own wall-clock limit, 6 s by default, and nothing caps the completion as a whole (the guard
-never binds before the per-test limits). ``budget_s`` optionally caps
-the sum of one completion's test run times, checked before each test starts; time spent queueing behind other
-completions' tests does not count.
+Two sets of rules, both settings of the reward (recipe ``data:`` keys in training, suite keys in evaluation):
+
+- LiveCodeBench's, the defaults and what evaluation uses (LiveCodeBench/LiveCodeBench, lcb_runner/evaluation/
+  compute_code_generation_metrics.py: ``timeout=6`` per test, and a process guard of (timeout + 1) s per test + 5 s):
+  each test has its own wall-clock limit, 6 s, nothing caps the completion as a whole (the guard never binds before
+  the per-test limits), and stdout is compared line by line with numeric tolerance (``compare="lines"``);
+- the authors' training reward, which the paper code recipes set: 30 s per stdin/stdout test, 60 s for the whole
+  run of an assert-script ("functional") test, 1 GiB of address space, at most 16 randomly drawn tests of a
+  stdin/stdout problem (functional problems run all of theirs), and the whole stripped stdout compared with the
+  whole stripped expected output (``compare="whole"``).
+
+``budget_s`` optionally caps the sum of one completion's test run times, checked before each test starts; time
+spent queueing behind other completions' tests does not count.
 """
 
 from __future__ import annotations
@@ -25,14 +32,24 @@ from typing import Any
 
 from archer.errors import UserError
 from archer.rewards.extract import completion_text, extract_code
-from archer.rewards.livecodebench import build_program, functional_matches, normalize_tests, stdout_matches
+from archer.rewards.livecodebench import (
+    build_program,
+    functional_matches,
+    normalize_tests,
+    stdout_matches,
+    whole_stdout_matches,
+)
 from archer.sandbox import runner as sandbox
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 6.0  # LiveCodeBench's per-test limit
-DEFAULT_MEMORY_MB = sandbox.DEFAULT_MEMORY_MB
+DEFAULT_SCRIPT_TIMEOUT_S = 60.0  # an assert script's whole run (the authors' limit for a functional problem)
+DEFAULT_MEMORY_MB = sandbox.DEFAULT_MEMORY_MB  # address space per process and the run's budget: 1 GiB
 DEFAULT_BUDGET_S: float | None = None  # no whole-completion cap (LiveCodeBench)
+# How a stdin test's output is compared with the expected output: LiveCodeBench's rule or the authors' training rule
+COMPARE_RULES = {"lines": stdout_matches, "whole": whole_stdout_matches}
+DEFAULT_COMPARE = "lines"
 _DETAIL_CHARS = 300
 
 
@@ -81,7 +98,9 @@ def _executor() -> ThreadPoolExecutor:
         return _EXECUTOR
 
 
-def _judge(result: sandbox.ExecResult, test: dict[str, str], index: int, budget_cut: bool) -> TestOutcome:
+def _judge(
+    result: sandbox.ExecResult, test: dict[str, str], index: int, budget_cut: bool, compare: str = DEFAULT_COMPARE
+) -> TestOutcome:
     if result.timed_out:
         return TestOutcome(index, False, "budget" if budget_cut else "timeout", result.wall_s)
     if result.output_limit_exceeded:
@@ -90,10 +109,12 @@ def _judge(result: sandbox.ExecResult, test: dict[str, str], index: int, budget_
         return TestOutcome(index, False, "memory_limit", result.wall_s)
     if result.returncode != 0:
         return TestOutcome(index, False, "runtime_error", result.wall_s, result.stderr[-_DETAIL_CHARS:])
+    if test["testtype"] == "script":  # its asserts ran to the end: exit status 0
+        return TestOutcome(index, True, "passed", result.wall_s)
     if test["testtype"] == "functional":  # the harness's report, on its own channel
         got, matches = result.report or "", functional_matches(result.report, test["output"])
     else:
-        got, matches = result.stdout, stdout_matches(result.stdout, test["output"])
+        got, matches = result.stdout, COMPARE_RULES[compare](result.stdout, test["output"])
     if matches:
         return TestOutcome(index, True, "passed", result.wall_s)
     detail = f"expected {test['output'][:_DETAIL_CHARS]!r}, got {got[-_DETAIL_CHARS:]!r}"
@@ -113,9 +134,12 @@ class _Grading:
         memory_mb: int,
         budget_s: float | None,
         stop_on_failure: bool,
+        script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+        compare: str = DEFAULT_COMPARE,
     ) -> None:
         self.code, self.tests, self.fn_name = code, tests, fn_name
         self.timeout_s, self.memory_mb, self.budget_s = timeout_s, memory_mb, budget_s
+        self.script_timeout_s, self.compare = script_timeout_s, compare
         self.stop_on_failure = stop_on_failure
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -126,20 +150,21 @@ class _Grading:
     def _run(self, index: int) -> TestOutcome:
         if self._stop.is_set():
             return TestOutcome(index, False, "skipped")
-        limit = self.timeout_s
+        test = self.tests[index]
+        full = self.script_timeout_s if test["testtype"] == "script" else self.timeout_s
+        limit = full
         if self.budget_s is not None:
             with self._lock:
                 remaining = self.budget_s - self._spent_s
             if remaining <= 0:
                 return TestOutcome(index, False, "budget")
             limit = min(limit, remaining)
-        test = self.tests[index]
         program, stdin = build_program(self.code, test, self.fn_name)
         functional = test["testtype"] == "functional"  # reports on its own channel
         result = sandbox.run_python(program, stdin, timeout_s=limit, memory_mb=self.memory_mb, report=functional)
         with self._lock:
             self._spent_s += result.wall_s
-        outcome = _judge(result, test, index, budget_cut=limit < self.timeout_s)
+        outcome = _judge(result, test, index, budget_cut=limit < full, compare=self.compare)
         if not outcome.passed and self.stop_on_failure:
             self._stop.set()
         return outcome
@@ -149,12 +174,23 @@ class _Grading:
         return GradeResult(passed=bool(outcomes) and all(o.passed for o in outcomes), tests=outcomes)
 
 
-def _choose(n: int, max_tests: int | None, rng: random.Random) -> list[int]:
+def _choose(tests: list[dict[str, str]], max_tests: int | None, rng: random.Random) -> list[int]:
+    """Which tests to run: every functional and script test, and at most ``max_tests`` stdin tests drawn at random
+    (the authors sample only stdin/stdout problems; a functional problem runs all its tests)."""
     if max_tests is not None and max_tests <= 0:
         raise UserError(f"max_tests must be a positive number of tests per problem, got {max_tests}")
-    if max_tests is None or n <= max_tests:
-        return list(range(n))
-    return sorted(rng.sample(range(n), max_tests))
+    stdin = [i for i, test in enumerate(tests) if test["testtype"] == "stdin"]
+    if max_tests is None or len(stdin) <= max_tests:
+        return list(range(len(tests)))
+    others = [i for i, test in enumerate(tests) if test["testtype"] != "stdin"]
+    return sorted(others + rng.sample(stdin, max_tests))
+
+
+def _check_rules(compare: str, script_timeout_s: float) -> None:
+    if compare not in COMPARE_RULES:
+        raise UserError(f"compare {compare!r}: valid rules are {', '.join(COMPARE_RULES)}")
+    if script_timeout_s <= 0:
+        raise UserError(f"script_timeout_s must be > 0 seconds, got {script_timeout_s}")
 
 
 def _start(
@@ -167,9 +203,13 @@ def _start(
     rng: random.Random,
     budget_s: float | None,
     stop_on_failure: bool,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    compare: str = DEFAULT_COMPARE,
 ) -> _Grading:
-    indices = _choose(len(tests), max_tests, rng)
-    return _Grading(code, tests, indices, fn_name, timeout_s, memory_mb, budget_s, stop_on_failure)
+    indices = _choose(tests, max_tests, rng)
+    return _Grading(
+        code, tests, indices, fn_name, timeout_s, memory_mb, budget_s, stop_on_failure, script_timeout_s, compare
+    )
 
 
 def grade_code(
@@ -183,19 +223,29 @@ def grade_code(
     seed: int | None = None,
     budget_s: float | None = DEFAULT_BUDGET_S,
     stop_on_failure: bool = True,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    compare: str = DEFAULT_COMPARE,
 ) -> GradeResult:
     """Run ``code`` on ``tests`` (any form ``normalize_tests`` accepts) in the sandbox; passed iff all pass.
 
-    ``timeout_s`` limits each test, ``budget_s`` (None: no cap) the sum of the tests' run times. ``max_tests``
-    grades a random subset (seeded by ``seed``); ``stop_on_failure=False`` runs every test even after a failure
-    (for per-test reports). Raises SandboxUnavailable when bubblewrap cannot be used.
+    ``timeout_s`` limits each stdin or functional test, ``script_timeout_s`` the whole run of a script test,
+    ``budget_s`` (None: no cap) the sum of the tests' run times; ``memory_mb`` is each run's address space and
+    memory budget. ``max_tests`` grades a random subset of the stdin tests (seeded by ``seed``); ``compare`` is
+    the stdout rule (``lines``: LiveCodeBench's, ``whole``: the authors' training rule); ``stop_on_failure=False``
+    runs every test even after a failure (for per-test reports). Raises SandboxUnavailable when bubblewrap cannot
+    be used.
     """
+    _check_rules(compare, script_timeout_s)
     normalized = normalize_tests(tests, fn_name)
     if not normalized:
         raise UserError("grade_code needs at least one test: with none, any code would pass")
     sandbox.ensure_sandbox()
     rng = random.Random(seed)
-    return _start(code, normalized, fn_name, timeout_s, memory_mb, max_tests, rng, budget_s, stop_on_failure).result()
+    grading = _start(
+        code, normalized, fn_name, timeout_s, memory_mb, max_tests, rng, budget_s, stop_on_failure,
+        script_timeout_s, compare,
+    )  # fmt: skip
+    return grading.result()
 
 
 def _per_row(value: Any, n: int) -> list[Any]:
@@ -227,17 +277,23 @@ def code_reward(
     memory_mb: int = DEFAULT_MEMORY_MB,
     budget_s: float | None = DEFAULT_BUDGET_S,
     require_think_close: bool = False,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    compare: str = DEFAULT_COMPARE,
     **kwargs: Any,
 ) -> list[float | None]:
     """TRL reward: 1.0 when the last ```python block after ``</think>`` passes every test of its row, else 0.0.
 
     ``tests`` holds one entry per row (a list of tests or a JSON / LiveCodeBench-compressed string); ``fn_name``
     is a per-row column or one name for all rows (else read from a LiveCodeBench ``metadata`` column).
-    ``max_tests`` samples at most that many tests per row (training); None grades all (evaluation). ``timeout_s``
-    limits each test, ``budget_s`` (None: no cap) the sum of one completion's test run times.
+    ``max_tests`` samples at most that many stdin tests per row (training); None grades all (evaluation).
+    ``timeout_s`` limits each stdin or functional test, ``script_timeout_s`` the whole run of a script test,
+    ``budget_s`` (None: no cap) the sum of one completion's test run times, ``memory_mb`` each run's address space
+    and memory; ``compare`` is the stdout rule (``lines`` or ``whole``, see the module docstring).
     ``require_think_close``: a completion without ``</think>`` scores 0 (``archer.rewards.thinking``). A row with
-    no tests gets None (skipped) and a warning. Never runs code without the sandbox: raises SandboxUnavailable.
+    no tests gets None (skipped) and a warning; a row whose ``tests`` is None (a math row of a mixed dataset) gets
+    None silently. Never runs code without the sandbox: raises SandboxUnavailable.
     """
+    _check_rules(compare, script_timeout_s)
     n = len(completions)
     test_rows, names = _per_row(tests, n), _per_row(fn_name, n)
     metadata = _per_row(kwargs.get("metadata"), n)
@@ -247,6 +303,9 @@ def code_reward(
     decoded: dict[Any, list[dict[str, str]]] = {}
     running: list[tuple[int, _Grading]] = []
     for i, (completion, row_tests, name, meta) in enumerate(zip(completions, test_rows, names, metadata, strict=True)):
+        if row_tests is None:  # not a code row
+            rewards[i] = None
+            continue
         name = name or _fn_name_from_metadata(meta)
         key = (row_tests if isinstance(row_tests, str) else id(row_tests), name)
         if key not in decoded:
@@ -262,7 +321,10 @@ def code_reward(
         code = extract_code(completion_text(completion), require_think_close)
         if code is None:
             continue
-        running.append((i, _start(code, row, name, timeout_s, memory_mb, max_tests, rng, budget_s, True)))
+        grading = _start(
+            code, row, name, timeout_s, memory_mb, max_tests, rng, budget_s, True, script_timeout_s, compare
+        )  # fmt: skip
+        running.append((i, grading))
     for i, grading in running:
         rewards[i] = 1.0 if grading.result().passed else 0.0
     return rewards

@@ -1,12 +1,15 @@
 """Pull the graded part out of a completion: the final ``\\boxed{...}`` or the final ```python block.
 
-Both rewards grade only what follows the reasoning: when a completion has a think block, the answer is read after
-its closing ``</think>``; a think block that never closes (truncated generation) has no answer at all.
+The answer is read after the reasoning: when a completion holds ``</think>``, the text after its last ``</think>``
+is graded. When it holds none, the rule is the caller's choice (``require_close``):
 
-Chat templates that open the think block in the prompt (DeepSeek-R1-Distill's ends the prompt with ``<think>\n``)
-leave no ``<think>`` in the completion, so only ``require_close=True`` can tell a truncated thought from an answer:
-then a completion without ``</think>`` has no answer (rllm's math reward, the paper's, scores it 0). Which models
-need it is decided from the chat template (``archer.rewards.thinking``).
+- False (the default, and the paper recipes' rule): the whole completion is graded, as the authors' rewards do
+  (their format-error return for a missing ``</think>`` is commented out, in the math and the code reward alike).
+  A ``\\boxed`` answer or a code block written inside reasoning that was cut off can then still score.
+- True: no answer at all, so the completion scores 0. This is a stricter rule of ours, not the paper's: with chat
+  templates that open the think block in the prompt (DeepSeek-R1-Distill's ends with ``<think>\\n``), every
+  completion cut at the length limit mid-thought scores 0, which acts as an implicit length penalty.
+  ``archer.rewards.thinking`` can decide it from the chat template (``auto``).
 """
 
 from __future__ import annotations
@@ -42,16 +45,15 @@ def _content_text(content: Any) -> str:
 
 
 def answer_region(text: str, require_close: bool = False) -> str | None:
-    """The part of ``text`` that may hold the answer, or None when a think block is still open at the end.
+    """The part of ``text`` that may hold the answer, or None when there is none.
 
-    Text after the last ``</think>`` counts. Without think tags the whole text counts, unless ``require_close``
-    (the prompt opened the reasoning, so a completion without ``</think>`` never finished it). A lone
-    ``</think>`` marks the end of reasoning opened in the prompt.
+    With a ``</think>``, the text after the last one counts (None when a ``<think>`` opens again after it and never
+    closes). Without one, the whole text counts, as in the authors' rewards, unless ``require_close`` (then None).
     """
     head, sep, tail = text.rpartition(THINK_CLOSE)
     if sep:
         return None if THINK_OPEN in tail else tail
-    return None if require_close or THINK_OPEN in text else text
+    return None if require_close else text
 
 
 def extract_boxed_answer(text: str, require_close: bool = False) -> str | None:

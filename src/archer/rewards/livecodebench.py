@@ -1,10 +1,15 @@
-"""LiveCodeBench conventions: how tests are stored, how a program is run on one, and how its output is judged.
+"""How tests are stored, how a program is run on one, and how its output is judged (LiveCodeBench's conventions,
+plus the assert scripts of verl-format training data).
 
-A test is ``{"input": str, "output": str, "testtype": "stdin" | "functional"}``. A stdin test feeds ``input`` to
-the program and compares what it prints with ``output`` line by line after stripping; lines that differ as text
-still match when every whitespace-separated token parses as the same Decimal (so ``1.50`` matches ``1.5``). A
-functional test calls ``fn_name`` (on ``Solution()`` when the code defines that class) with one argument per
-line of ``input``, each a JSON value, and compares the returned value (tuples as lists) with the JSON ``output``.
+A test is ``{"input": str, "output": str, "testtype": "stdin" | "functional" | "script"}``. A stdin test feeds
+``input`` to the program and compares what it prints with ``output``: LiveCodeBench's rule (``stdout_matches``)
+compares line by line after stripping, and lines that differ as text still match when every whitespace-separated
+token parses as the same Decimal (so ``1.50`` matches ``1.5``); the authors' training rule (``whole_stdout_matches``)
+wants the whole stripped output equal to the whole stripped expected output. A functional test calls ``fn_name``
+(on ``Solution()`` when the code defines that class) with one argument per line of ``input``, each a JSON value,
+and compares the returned value (tuples as lists) with the JSON ``output``. A script test is verl's "functional"
+ground truth: ``input`` is Python (asserts, typically ``check(Solution().f)``) run after the solution in the same
+program, with LeetCode's ``ListNode`` / ``TreeNode`` helpers defined; it passes when the program exits 0.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 from archer.errors import UserError
 from archer.sandbox.runner import REPORT_FD
 
-TEST_TYPES = ("stdin", "functional")
+TEST_TYPES = ("stdin", "functional", "script")
 _MAX_DECODED_BYTES = 1 << 30  # a compressed test field inflating past this is refused (a zip bomb, not tests)
 
 # LiveCodeBench runs every solution after star-imports of common standard modules (LeetCode-style code uses
@@ -35,6 +40,67 @@ PRELUDE = (
     "import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics, itertools, "
     "functools, operator, io, sys, json, typing; sys.setrecursionlimit(50000)\n"
 )
+
+# Defined before the solution of a script test: the linked-list and binary-tree classes LeetCode problems use, and
+# the helpers their assert scripts build and compare them with (list_node, tree_node, is_same_list, is_same_tree).
+# Executed from one line, so that line numbers move by one line only, as with PRELUDE.
+_LEETCODE_HELPERS = """
+import collections as _collections
+
+
+class ListNode:
+    def __init__(self, val=0, next=None):
+        self.val = val
+        self.next = next
+
+
+class TreeNode:
+    def __init__(self, val=0, left=None, right=None):
+        self.val = val
+        self.left = left
+        self.right = right
+
+
+def list_node(values):
+    head = None
+    for value in reversed(list(values)):
+        head = ListNode(value, head)
+    return head
+
+
+def is_same_list(first, second):
+    while first is not None and second is not None:
+        if first.val != second.val:
+            return False
+        first, second = first.next, second.next
+    return first is None and second is None
+
+
+def tree_node(values):
+    values = list(values)
+    if not values or values[0] is None:
+        return None
+    root = TreeNode(values[0])
+    waiting, position = _collections.deque([root]), 1
+    while waiting and position < len(values):
+        node = waiting.popleft()
+        for side in ("left", "right"):
+            if position < len(values) and values[position] is not None:
+                child = TreeNode(values[position])
+                setattr(node, side, child)
+                waiting.append(child)
+            position += 1
+    return root
+
+
+def is_same_tree(first, second):
+    if first is None or second is None:
+        return first is second
+    return (
+        first.val == second.val and is_same_tree(first.left, second.left) and is_same_tree(first.right, second.right)
+    )
+"""
+SCRIPT_PRELUDE = f"exec({_LEETCODE_HELPERS!r})\n"
 
 # Appended after the solution for a functional test. The arguments are embedded in the program (not sent on
 # stdin, which the solution may consume at import); the solution's own prints go to /dev/null during the call.
@@ -144,6 +210,8 @@ def normalize_tests(value: Any, fn_name: str | None = None) -> list[dict[str, st
         if not isinstance(test, dict) or "input" not in test or "output" not in test:
             raise UserError(f"code test {k} must be a dict with 'input' and 'output', got {str(test)[:80]!r}")
         testtype = test.get("testtype") or ("functional" if fn_name else "stdin")
+        if testtype == "script" and not (isinstance(test["input"], str) and test["input"].strip()):
+            raise UserError(f"code test {k} is a script test without a script (its 'input' is empty)")
         if testtype not in TEST_TYPES:
             raise UserError(f"code test {k} has testtype {testtype!r}; valid: {', '.join(TEST_TYPES)}")
         if testtype == "functional" and not fn_name:
@@ -160,6 +228,8 @@ def build_program(code: str, test: dict[str, str], fn_name: str | None) -> tuple
     """The program text and stdin for running ``code`` on one test (a functional one reports on REPORT_FD)."""
     if test["testtype"] == "stdin":
         return PRELUDE + code, test["input"]
+    if test["testtype"] == "script":
+        return PRELUDE + SCRIPT_PRELUDE + code + "\n" + test["input"], ""
     harness = _FUNCTIONAL_HARNESS.format(raw=test["input"], fn_name=fn_name, report_fd=REPORT_FD)
     return PRELUDE + code + "\n" + harness, ""
 
@@ -192,6 +262,12 @@ def stdout_matches(output: str, expected: str) -> bool:
         except InvalidOperation:  # a signalling NaN refuses to compare
             return False
     return True
+
+
+def whole_stdout_matches(output: str, expected: str) -> bool:
+    """The authors' training rule for stdin/stdout tests: the whole output, stripped, equals the whole expected
+    output, stripped (no per-line or numeric tolerance)."""
+    return output.strip() == expected.strip()
 
 
 def functional_result(report: str | None) -> tuple[bool, Any]:

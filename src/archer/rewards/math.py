@@ -320,7 +320,7 @@ def math_reward(
 
     ``require_think_close``: a completion without ``</think>`` scores 0 (the chat template opened the reasoning;
     see ``archer.rewards.thinking``). Rows whose gold solution cannot be parsed get None (TRL skips them) and one
-    warning per distinct gold.
+    warning per distinct gold; rows whose solution is None (a code row of a mixed dataset) get None silently.
     """
     if len(completions) != len(solution):
         raise ValueError(f"math_reward got {len(completions)} completions but {len(solution)} solutions")
@@ -329,7 +329,9 @@ def math_reward(
     results = verify_many(list(zip(answers, golds, strict=True)), timeout_s)
     unparsable: dict[str, list[int]] = {}
     for i, value in enumerate(results):
-        if value is None:
+        if solution[i] is None:  # not a math row
+            results[i] = None
+        elif value is None:
             unparsable.setdefault(golds[i], []).append(i)
     for gold, rows in unparsable.items():
         logger.warning("math_reward: the solution %r of row(s) %s cannot be parsed; reward skipped", gold[:200], rows)

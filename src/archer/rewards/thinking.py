@@ -1,16 +1,20 @@
-"""Whether a completion's reasoning must close (``</think>``) before its answer counts, read from the chat template.
+"""``require_think_close``: whether a completion without ``</think>`` scores 0, and how ``auto`` reads it from the
+chat template.
 
-Three kinds of template exist:
+The paper's rule is ``false``: the authors' rewards grade the whole completion when it has no ``</think>`` (their
+format-error return is commented out), so this is the default of recipes and suites. ``true`` is a stricter choice
+of ours: a completion cut off mid-thought scores 0, which acts as an implicit length penalty. ``auto`` asks the
+chat template. Three kinds of template exist:
 
 - the prompt opens the think block (DeepSeek-R1-Distill's generation prompt ends with ``<think>\\n``, as do
   Qwen3-Thinking-2507's and QwQ's): every completion starts mid-thought and never contains ``<think>``;
 - a switch closes an empty block in the prompt when thinking is off and leaves it to the model when on (Qwen3:
-  ``enable_thinking=False`` renders ``<think>\\n\\n</think>\\n\\n``; by default the model writes ``<think>`` itself);
+  ``enable_thinking=False`` renders ``<think>\\n\\n</think>\\n\\n``; by default the model writes ``<think>``
+  itself);
 - no think block at all (Qwen2.5-Instruct, the embedded tiny model, raw prompts).
 
-With the first kind, and the second with thinking on, a completion without ``</think>`` was cut off while
-reasoning: it has no answer (rllm's math reward, which the paper's run uses, scores it 0). With thinking off or no
-think block, the whole completion is the answer.
+``auto`` is true for the first kind and for the second with thinking on (a completion without ``</think>`` was cut
+off while reasoning), false otherwise.
 """
 
 from __future__ import annotations

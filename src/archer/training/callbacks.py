@@ -27,8 +27,10 @@ _LINE = (
     ("kl", "knowledge/kl", "{:.2e}"),
     ("drop", "dropped_group_frac", "{:.2f}"),
     ("opt steps", "optimizer_steps", "{:.0f}"),
+    ("skipped", "skipped_steps", "{:.0f}"),
     ("loss", "loss", "{:.4f}"),
 )
+_HIDDEN_WHEN_ZERO = {"skipped_steps"}  # shown only when a step was skipped
 
 
 def clip_frac(logs: dict, cls: str) -> float | None:
@@ -47,6 +49,8 @@ def format_step_line(step: int, max_steps: int, logs: dict) -> str:
         keys = key if isinstance(key, tuple) else (key,)
         values = [logs.get(k) for k in keys]
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            continue
+        if key in _HIDDEN_WHEN_ZERO and not any(values):
             continue
         parts.append(f"{label} " + "/".join(fmt.format(v) for v in values))
     return " | ".join(parts)
@@ -89,6 +93,19 @@ class RunIdCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": {"run_id": self.run_id}, "attributes": {}}
+
+
+class RolloutCounter(TrainerCallback, ExportableState):
+    """How many rollouts made an update, and how many in a row made none; saved in every checkpoint's
+    ``trainer_state.json`` (restored by ``ArcherTrainer`` on resume). The learning-rate schedule reads ``updated``:
+    as in the authors' loop, a rollout whose groups were all dropped does not move the schedule."""
+
+    def __init__(self) -> None:
+        self.updated = 0  # rollouts with at least one optimizer step (made or skipped as non-finite)
+        self.without_update = 0  # consecutive rollouts, up to now, whose groups were all dropped
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"updated": self.updated, "without_update": self.without_update}}
 
 
 class ConciseProgressCallback(ProgressCallback):

@@ -99,6 +99,14 @@ class ArcherConfig(GRPOConfig):
             "no policy gradient, and dropping also removes their KL term and their weight in the loss."
         },
     )
+    max_rollouts_without_update: int | None = field(
+        default=20,
+        metadata={
+            "help": "Stop the run with one line after this many rollouts in a row made no update (every group's "
+            "rewards were equal, so every group was dropped): the data is too hard or too easy for the model. Such "
+            "rollouts still count toward max_steps but not toward the learning-rate schedule. null: never stop."
+        },
+    )
     push_checkpoints: bool = field(
         default=False,
         metadata={"help": "Push each saved checkpoint to the Hub repo hub_model_id, on its own revision branch."},

@@ -87,6 +87,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
         plot_run(out)
         runtime = {
+            "deepspeed": trainer.deepspeed_precision(),
             "optimizer_steps": trainer.optimizer_steps_taken(),
             "train_runtime_s": round(time.perf_counter() - started, 1),
             "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
@@ -108,6 +109,11 @@ def _write_results(
     """train_results.json (with the held-out score of the final model for tiny recipes), then the model card."""
     from archer.publish.card import write_card
 
+    runtime = dict(runtime)
+    compute = {"device": _device_name(), "processes": state.num_processes}
+    if runtime.get("deepspeed"):  # the live engine's precision (archer.training.trainer.deepspeed_precision)
+        compute["deepspeed"] = runtime["deepspeed"]
+    runtime.pop("deepspeed", None)
     summary = {
         "run_id": run_id,
         "global_step": global_step,  # rollouts
@@ -115,7 +121,7 @@ def _write_results(
         "objective": recipe.trainer.objective,
         "model": recipe.model.name_or_path,
         "dataset": recipe.data.dataset,
-        "compute": {"device": _device_name(), "processes": state.num_processes},
+        "compute": compute,
         "versions": versions(),
         **sft_summary,
     }
@@ -275,7 +281,14 @@ def reward_funcs(recipe: Recipe, tokenizer: Any = None) -> list:
         func = get_reward_func(name)
         settings: dict[str, Any] = {"require_think_close": require_close}
         if name == "code":
-            settings.update(max_tests=data.max_tests, timeout_s=data.code_timeout_s, budget_s=data.code_budget_s)
+            settings.update(
+                max_tests=data.max_tests,
+                timeout_s=data.code_timeout_s,
+                script_timeout_s=data.code_script_timeout_s,
+                memory_mb=data.code_memory_mb,
+                compare=data.code_compare,
+                budget_s=data.code_budget_s,
+            )
         funcs.append(functools.update_wrapper(functools.partial(func, **settings), func))
     return funcs
 
@@ -307,6 +320,12 @@ def _build_trainer(
         tokenizer.chat_template = model.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if recipe.data.max_prompt_tokens and not recipe.data.is_builtin:
+        from archer.data.loaders import drop_long_prompts
+
+        train_dataset = drop_long_prompts(
+            train_dataset, tokenizer, recipe.data.max_prompt_tokens, args.chat_template_kwargs, recipe.data.dataset
+        )
 
     callbacks = [MetricsFileCallback(args.output_dir), RunIdCallback(run_id)]
     if args.push_checkpoints:
@@ -333,10 +352,17 @@ def _build_trainer(
 
 
 def _load_dtype(recipe: Recipe) -> str:
-    """float32 unless DeepSpeed's mixed precision keeps fp32 master weights (archer.planning.precision); logs each part."""
-    from archer.planning.precision import deepspeed_mixed_precision, precision_of
+    """float32 unless DeepSpeed's mixed precision keeps fp32 master weights (archer.planning.precision); logs each part
+    as this launch's DeepSpeed config says (the engine's own account is logged at the first rollout)."""
+    from archer.planning.precision import deepspeed_config_of, deepspeed_mixed_precision, precision_of
 
-    precision = precision_of(recipe, deepspeed_mixed=deepspeed_mixed_precision(recipe.trainer))
+    args = recipe.trainer
+    precision = precision_of(
+        recipe,
+        deepspeed_mixed=deepspeed_mixed_precision(args),
+        deepspeed_config=deepspeed_config_of(args),
+        processes=args.world_size,
+    )
     logger.info("precision:\n%s", "\n".join(precision.lines()))
     return precision.load_dtype
 

@@ -9,19 +9,25 @@ TRL samples, scores and computes advantages; this class
    Fewer kept rows make fewer optimizer steps; a rollout whose groups are all uniform makes none;
 3. replaces the loss with :func:`archer.objective.compute_objective`.
 
-Step semantics: one Trainer step (``global_step``, ``max_steps``, ``warmup_steps``, ``save_steps``,
-``logging_steps``) is one rollout, a "step" of the paper and of verl; the learning-rate schedule is a function of
-the rollouts done, as verl steps its scheduler once per rollout. ``metrics.jsonl`` has one line per rollout, with
-``optimizer_steps`` (how many this rollout made) and ``grad_norm`` (their mean). TRL is pinned exactly
-(``constraints-cpu.txt``): ``_compute_loss`` and ``_generate_and_score_completions`` are private hooks.
+Step semantics: one Trainer step (``global_step``, ``max_steps``, ``save_steps``, ``logging_steps``) is one
+rollout, a "step" of the paper and of verl, whether or not it made an update. The learning-rate schedule (and so
+``warmup_steps``) counts the rollouts that made an update, as the authors' loop steps its scheduler once per
+trained rollout and skips a rollout whose groups were all dropped before the scheduler moves; after
+``max_rollouts_without_update`` such rollouts in a row the run stops with one line. An optimizer step whose
+gradient norm is not finite is skipped (gradients zeroed, no update), logged and counted, as the authors' actor
+does. ``metrics.jsonl`` has one line per rollout, with ``optimizer_steps`` (how many this rollout made),
+``skipped_steps`` (how many it skipped for a non-finite gradient norm) and ``grad_norm`` (the mean of the finite
+ones). TRL is pinned exactly (``constraints-cpu.txt``): ``_compute_loss`` and ``_generate_and_score_completions``
+are private hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from datasets import Dataset
@@ -29,8 +35,10 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from archer.errors import UserError
 from archer.objective import compute_objective
 from archer.training.batch import rollout_schedule
+from archer.training.callbacks import RolloutCounter
 from archer.training.config import ArcherConfig
 
 logger = logging.getLogger(__name__)
@@ -69,6 +77,11 @@ class ArcherTrainer(GRPOTrainer):
         self._rollout_keep: torch.Tensor | None = None
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
+        self._schedule_position = 0  # trained rollouts before the current one: what the LR schedule reads
+        self._engine_skips = 0  # DeepSpeed's count of skipped steps at the start of the current rollout
+        self._engine_logged = False
+        self._last_uniform: tuple[int, int] = (0, 0)  # (groups, all-equal groups) of the last scored rollout
+        self.add_callback(RolloutCounter())
         logger.info("objective: %s", self.objective_config)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
@@ -88,13 +101,33 @@ class ArcherTrainer(GRPOTrainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRScheduler:
         scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if isinstance(scheduler, LambdaLR) and not getattr(scheduler, _COUNTS_ROLLOUTS, False):
-            # Every schedule of transformers' get_scheduler is a LambdaLR: make it a function of the rollouts done,
-            # so that it reads the same whoever steps it (the Trainer once per rollout, DeepSpeed's engine once
-            # per optimizer step) and however many optimizer steps a rollout makes.
+        if isinstance(scheduler, LambdaLR) and not getattr(scheduler, "archer_counts_rollouts", False):
+            # Every schedule of transformers' get_scheduler is a LambdaLR: make it a function of the rollouts that
+            # made an update before the current one, so that it reads the same whoever steps it (the Trainer once
+            # per rollout, DeepSpeed's engine once per optimizer step) and however many optimizer steps a rollout
+            # makes, and stands still through rollouts whose groups were all dropped (the authors' loop).
             scheduler.lr_lambdas = [_at_rollout(fn, self) for fn in scheduler.lr_lambdas]
             setattr(scheduler, _COUNTS_ROLLOUTS, True)
         return scheduler
+
+    def rollout_counter(self) -> RolloutCounter:
+        """The run's counts of rollouts with and without an update (restored from a checkpoint on resume)."""
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RolloutCounter))
+
+    def _load_callback_state(self) -> None:
+        """Restore the rollout counts from the checkpoint whatever ``restore_callback_states_from_checkpoint`` says:
+        the schedule depends on them."""
+        super()._load_callback_state()
+        # TrainerState annotates this as a list of callbacks; it holds {callback name: saved state}.
+        states = cast(dict[str, Any], self.state.stateful_callbacks)
+        stored = states.get(RolloutCounter.__name__)
+        counter = self.rollout_counter()
+        if isinstance(stored, dict) and not self.args.restore_callback_states_from_checkpoint:
+            for name, value in (stored.get("attributes") or {}).items():
+                setattr(counter, name, value)
+        if stored is None:  # a checkpoint written before the counts existed: every rollout had counted
+            counter.updated = self.state.global_step
+            states[RolloutCounter.__name__] = counter.state()
 
     def training_step(
         self,
@@ -106,7 +139,21 @@ class ArcherTrainer(GRPOTrainer):
         model.train()
         if self.optimizer is not None and hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        self._set_rollout_learning_rate()
+        counter = self.rollout_counter()
+        self._set_rollout_learning_rate(counter.updated)
+        if self.is_deepspeed_enabled:
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            if not self._engine_logged and self.accelerator.is_main_process:
+                live = self.deepspeed_precision() or {}
+                logger.info(
+                    "DeepSpeed engine: ZeRO-%s, weights %s, gradients accumulated in %s and reduced in %s",
+                    live.get("zero_stage"),
+                    live.get("weights"),
+                    live.get("gradient_accumulation"),
+                    live.get("gradient_communication"),
+                )
+            self._engine_logged = True
+            self._engine_skips = int(engine.skipped_steps)
         rollout = self._generate_and_score_completions(inputs)
         keep = self._rollout_keep
         self._rollout_keep = None
@@ -122,20 +169,44 @@ class ArcherTrainer(GRPOTrainer):
             process_index=self.accelerator.process_index,
             seed=self.args.seed + self.state.global_step,
         )
-        step_losses = []
+        step_losses, skipped = [], 0
         for micros in schedule:
             loss = sum(self._backward(model, rows, index, sync=i == len(micros) - 1) for i, index in enumerate(micros))
             assert isinstance(loss, torch.Tensor)  # every optimizer step has at least one micro-batch
-            self._metrics["train"]["grad_norm"].append(self._optimizer_step(model))
+            grad_norm, applied = self._optimizer_step(model)
+            if applied:
+                self._metrics["train"]["grad_norm"].append(grad_norm)
+            else:
+                skipped += 1
             step_losses.append(loss)
         self.accelerator.gradient_state._set_sync_gradients(True)
-        self._metrics["train"]["optimizer_steps"].append(float(len(schedule)))
+        self._metrics["train"]["optimizer_steps"].append(float(len(schedule) - skipped))
+        self._metrics["train"]["skipped_steps"].append(float(skipped))
         self._flush_objective_metrics()
+        self._count_rollout(counter, updated=bool(schedule))
         mean = torch.stack(step_losses).mean() if step_losses else torch.zeros(())
         return mean.to(self.args.device)
 
-    def _set_rollout_learning_rate(self) -> None:
-        """Set the optimizer's learning rate from the schedule at the current rollout, before its first step."""
+    def _count_rollout(self, counter: RolloutCounter, updated: bool) -> None:
+        """Count the rollout for the schedule; stop the run after too many rollouts in a row without an update."""
+        if updated:
+            counter.updated += 1
+            counter.without_update = 0
+            return
+        counter.without_update += 1
+        limit = self.args.max_rollouts_without_update
+        if limit is not None and counter.without_update >= limit:
+            groups, uniform = self._last_uniform
+            raise UserError(
+                f"trainer.max_rollouts_without_update={limit}: {counter.without_update} rollout"
+                f"{'s' * (counter.without_update != 1)} in a row made no update (last one: {uniform} of {groups} groups had all-equal rewards); the data is too hard or too "
+                "easy for the model: filter it (archer.data.filtering), check the reward, or raise the limit"
+            )
+
+    def _set_rollout_learning_rate(self, updated_rollouts: int) -> None:
+        """Set the optimizer's learning rate from the schedule at the current rollout, before its first step: the
+        schedule's position is the number of earlier rollouts that made an update."""
+        self._schedule_position = updated_rollouts
         scheduler = self.lr_scheduler
         while scheduler is not None and not isinstance(scheduler, LambdaLR):
             scheduler = getattr(scheduler, "scheduler", None)
@@ -178,16 +249,59 @@ class ArcherTrainer(GRPOTrainer):
             self.accelerator.backward(loss)
         return loss.detach()
 
-    def _optimizer_step(self, model: torch.nn.Module) -> float:
-        """Clip, step and zero the gradients; returns the gradient norm before clipping."""
-        if self.is_deepspeed_enabled:  # the engine clipped, stepped and zeroed in backward() at the boundary
-            return float(self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm() or 0.0)
-        grad_norm = self._clip_grad_norm(model) if self.args.max_grad_norm > 0 else None
-        grad_norm = self._get_grad_norm(model, grad_norm=grad_norm)
+    def _optimizer_step(self, model: torch.nn.Module) -> tuple[float, bool]:
+        """Clip, step and zero the gradients; returns the gradient norm before clipping and whether the step was
+        applied. A step whose gradient norm is not finite is skipped: gradients zeroed, no update (the authors'
+        actor does the same). The norm is taken after the gradients were averaged over the processes, so every
+        process makes the same decision."""
+        if self.is_deepspeed_enabled:
+            # The engine clipped, stepped and zeroed in backward() at the boundary; DeepSpeed's ZeRO optimizers
+            # skip a step whose gradient norm is not finite themselves, and count it in engine.skipped_steps.
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            grad_norm = float(engine.get_global_grad_norm() or 0.0)
+            skips = int(engine.skipped_steps)
+            applied = skips == self._engine_skips and math.isfinite(grad_norm)
+            self._engine_skips = skips
+            if not applied:
+                self._warn_skipped(grad_norm)
+            return grad_norm, applied
+        clipped = self._clip_grad_norm(model) if self.args.max_grad_norm > 0 else None
+        grad_norm = float(self._get_grad_norm(model, grad_norm=clipped))
+        applied = math.isfinite(grad_norm)
         assert self.optimizer is not None  # the Trainer creates it before the first step
-        self.optimizer.step()
+        if applied:
+            self.optimizer.step()
+        else:
+            self._warn_skipped(grad_norm)
         self.optimizer.zero_grad(set_to_none=True)  # no gradient left: the Trainer's own step after ours is a no-op
-        return float(grad_norm)
+        return grad_norm, applied
+
+    def _warn_skipped(self, grad_norm: float) -> None:
+        logger.warning(
+            "rollout %d: gradient norm %s is not finite: optimizer step skipped, gradients zeroed",
+            self.state.global_step + 1,
+            grad_norm,
+        )
+
+    def deepspeed_precision(self) -> dict[str, Any] | None:
+        """What the live DeepSpeed engine runs in (None without DeepSpeed), read off the engine and its ZeRO
+        optimizer, not off the config: the weights' dtype, the dtype gradients are accumulated in over the
+        micro-batches (ZeRO-3's partitioned gradient buffer) and the one they are reduced across processes in."""
+        if not self.is_deepspeed_enabled or self.accelerator.deepspeed_engine_wrapped is None:
+            return None
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        optimizer = engine.optimizer
+        weights, accumulation = engine.get_data_types()
+        buffer = getattr(optimizer, "grad_partitions_flat_buffer", None)  # ZeRO-3: where gradients accumulate
+        if buffer is not None:
+            accumulation = buffer.dtype
+        communication = getattr(optimizer, "communication_data_type", None) or engine.communication_data_type
+        return {
+            "zero_stage": int(engine.zero_optimization_stage()),
+            "weights": _dtype_name(weights),
+            "gradient_accumulation": _dtype_name(accumulation),
+            "gradient_communication": _dtype_name(communication),
+        }
 
     def optimizer_steps_taken(self) -> int:
         """Optimizer steps since the start of the run (resumes included): the optimizer's own count."""
@@ -207,6 +321,7 @@ class ArcherTrainer(GRPOTrainer):
         rewards = (rewards_per_func * weights).nansum(dim=1).view(-1, group)
         uniform = (rewards.max(dim=1).values - rewards.min(dim=1).values).abs() <= 1e-6
         self._pending_keep = (~uniform).repeat_interleave(group).cpu()
+        self._last_uniform = (int(uniform.numel()), int(uniform.sum()))
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -308,11 +423,16 @@ class ArcherTrainer(GRPOTrainer):
             self._metrics[mode][name].append(value)
 
 
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _at_rollout(fn: Callable[[int], float], trainer: ArcherTrainer) -> Callable[[int], float]:
-    """A schedule factor that reads the rollouts done (the Trainer's global_step) instead of its own step count."""
+    """A schedule factor that reads the rollouts that made an update before the current one instead of its own
+    step count."""
 
     def factor(_steps: int) -> float:
-        return fn(trainer.state.global_step)
+        return fn(trainer._schedule_position)
 
     return factor
 

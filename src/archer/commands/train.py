@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from archer.resources import resolve_yaml
+    from archer.versions import check_trl_version
 
+    check_trl_version()  # before the recipe builds TRL's config: a version outside the tested range is one line
     args.recipe = resolve_yaml(args.recipe, "recipes")
     if args.dry_run:
         from archer.planning.dry_run import describe

@@ -74,7 +74,7 @@ def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: floa
         sequence_length=plan.max_sequence_length or plan.max_completion_length,
         dtype_bytes=dtype_bytes,
         activation_bytes=activation_bytes,
-        gradient_checkpointing=bool(args.gradient_checkpointing),
+        gradient_checkpointing=bool(args.activation_checkpointing),
         reference_model=args.beta != 0.0,
         vllm_colocate_fraction=args.vllm_gpu_memory_utilization
         if args.use_vllm and args.vllm_mode == "colocate"
@@ -128,8 +128,8 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"{args.max_grad_norm:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g})",
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
         f"grading: a completion without </think> {_think_close(data.require_think_close)}",
-        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
-        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; activation "
+        f"checkpointing {'on' if args.activation_checkpointing else 'off'}",
     ]
     if args.use_vllm:
         where = (

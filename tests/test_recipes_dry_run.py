@@ -208,3 +208,10 @@ def test_tiny_recipe_plans_the_model_training_builds():
     tokenizer = build_tokenizer(task=ArithmeticTask(**recipe.data.task))
     model = build_model(tokenizer, TinyModelConfig(**recipe.model.tiny))
     assert f"parameters ({model.num_parameters():,})" in describe(recipe, num_processes=1)
+
+
+def test_slurm_log_path_needs_no_folder_made_first():
+    """Slurm opens --output before the script runs (its `mkdir -p logs` comes too late for the job's own log)."""
+    lines = (ROOT / "slurm" / "train.slurm").read_text().splitlines()
+    (output,) = [line.split("=", 1)[1] for line in lines if line.startswith("#SBATCH --output=")]
+    assert "/" not in output

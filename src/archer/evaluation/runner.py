@@ -51,6 +51,7 @@ class EvalRequest:
     backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run folder goes (default: see docs)"})
     limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})
+    tasks: tuple[str, ...] | None = field(default=None, metadata={"help": "run only these tasks of the suite"})
     data: dict[str, str] = field(default_factory=dict, metadata={"help": "task -> local data path"})
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     runs_root: Path = field(default=RUNS_ROOT, metadata={"help": "where run folders (and outputs/eval) live"})
@@ -142,6 +143,7 @@ class PreparedTask:
     docs: list[Any]
     dataset: str  # where the rows came from: Hub id, local path or "generated"
     revision: str | None = None  # the Hub dataset's revision, None when unpinned or not from the Hub
+    limited: bool = False  # a limit (--limit or the suite's) left some of the task's problems out
 
 
 def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[PreparedTask]:
@@ -156,7 +158,7 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         )
     data = {f"archer:{t.removeprefix('archer:')}": path for t, path in request.data.items()}
     prepared = []
-    for spec in suite.tasks:
+    for spec in selected_tasks(suite, request.tasks):
         if spec.task not in configs:
             valid = ", ".join(name.removeprefix("archer:") for name in configs)
             raise UserError(f"{suite.path}: unknown task {spec.short_name!r} (not in {suite.module}); valid: {valid}")
@@ -164,17 +166,31 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
         config = configs[spec.task]
         local_model = model.name_or_path if model.local else None
-        rows = load_rows(config, spec.data, generators, local_model, spec.revision)[: spec.limit]
+        rows = load_rows(config, spec.data, generators, local_model, spec.revision)
+        limited = spec.limit is not None and len(rows) > spec.limit
+        rows = rows[: spec.limit]
         docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
         from_hub = spec.data is None and config.name not in generators
         dataset = spec.data or (config.hf_repo if from_hub else "generated")
         revision = (spec.revision or config.hf_revision) if from_hub else None
-        prepared.append(PreparedTask(spec, docs, dataset, revision))
+        prepared.append(PreparedTask(spec, docs, dataset, revision, limited))
     if any(_has_code(task.docs) for task in prepared):
         from archer.sandbox.runner import ensure_sandbox
 
         ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
     return prepared
+
+
+def selected_tasks(suite: Suite, names: Sequence[str] | None) -> tuple[TaskSpec, ...]:
+    """The suite's tasks, or those of them named by ``--tasks`` (in the suite's order); a typo is one line."""
+    if names is None:
+        return suite.tasks
+    valid = [spec.short_name for spec in suite.tasks]
+    wanted = [name.removeprefix("archer:") for name in names]
+    if not wanted or (unknown := [name for name in wanted if name not in valid]):
+        bad = f"{unknown[0]!r} is not a task of suite {suite.name}" if wanted else "no task named"
+        raise UserError(f"--tasks: {bad}; its tasks: {', '.join(valid)}")
+    return tuple(spec for spec in suite.tasks if spec.short_name in wanted)
 
 
 def _has_code(docs: Sequence[Any]) -> bool:
@@ -225,6 +241,8 @@ def _run_tasks(prepared: Sequence[PreparedTask], backend: Backend) -> tuple[dict
             "revision": task.revision,
             **spec.protocol(),
             "grading": grading_record(grading, docs),
+            "limit": spec.limit,
+            "limited": task.limited,
             "num_problems": len(docs),
             "num_samples": len(docs) * spec.k,
             "metrics": metrics,
@@ -259,13 +277,17 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         "suite": suite.name,
         "suite_file": str(suite.path),
         "suite_description": suite.description,
+        "limit": request.limit,
+        "tasks_selected": list(tasks) if request.tasks is not None else None,
         "protocol": {
             "backend": backend_name,
             "seed": suite.seed,
             **backend.protocol(),
         },
         "tasks": tasks,
-        "averages": average_rows(tasks, suite.averages),
+        "averages": average_rows(
+            tasks, {row: members for row, members in suite.averages.items() if set(members) <= set(tasks)}
+        ),
         "versions": versions(),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),

@@ -202,6 +202,7 @@ def fake_run(tmp_path, monkeypatch):
         "olympiadbench": ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # row 0
     }
     monkeypatch.setattr(runner, "select_backend", lambda requested, base_url=None: "transformers")
+    monkeypatch.setattr(runner, "check_hub_source", lambda *a, **k: None)  # a faked Hub: nothing to reach
     monkeypatch.setattr(runner, "load_backend", lambda *a: FakeBackend(tokenizer, completions))
 
     def run(close: str, **request) -> tuple[dict, Path, list]:

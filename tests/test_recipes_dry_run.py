@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from hubserver import seed_cache
 from paths import ROOT
 
 from archer.errors import UserError
@@ -168,6 +169,16 @@ def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: s
         },
     )
     env.update(SLURM_JOB_NODELIST=",".join(nodes), SLURM_JOB_ID="7", LOG=str(tmp_path / "calls"), **extra_env)
+    # offline, as the tests run: the dry run finds the recipe's model and data in a cache, as a cluster's would
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    config = (ROOT / "src" / "archer" / "data" / "model_configs").glob("*DeepSeek-R1-Distill-Qwen-1.5B*.json")
+    seed_cache(
+        tmp_path / "hf" / "hub",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        {"config.json": next(config).read_bytes()},
+    )
+    for dataset in ("agentica-org/DeepScaleR-Preview-Dataset", "agentica-org/DeepCoder-Preview-Dataset"):
+        seed_cache(tmp_path / "hf" / "hub", dataset, {"README.md": b"x"}, "dataset")
     env["PYTHONPATH"] = str(ROOT / "src")
     return subprocess.run(
         ["bash", str(ROOT / "slurm" / "train.slurm"), str(PAPER_RECIPES[0]), *args],

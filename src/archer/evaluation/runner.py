@@ -26,6 +26,7 @@ from archer.evaluation.metrics import aggregate
 from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, write_run
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
 from archer.files import looks_local, read_model_config
+from archer.network import check_hub_source, network_errors
 from archer.training.run_folder import newest_run
 from archer.versions import versions
 
@@ -166,6 +167,15 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
         config = configs[spec.task]
         local_model = model.name_or_path if model.local else None
+        if spec.data is None and config.name not in generators:  # from the Hub: reachable, or cached when offline
+            try:
+                check_hub_source(
+                    config.hf_repo, "dataset", f"task {spec.short_name}", spec.revision or config.hf_revision
+                )
+            except UserError as err:
+                raise UserError(
+                    f"{err}; a local copy: --data {spec.short_name}=PATH or `data:` in the suite"
+                ) from None
         rows = load_rows(config, spec.data, generators, local_model, spec.revision)
         limited = spec.limit is not None and len(rows) > spec.limit
         rows = rows[: spec.limit]
@@ -257,6 +267,8 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
     started, t0 = datetime.now(UTC), time.perf_counter()
     model = resolve_model(request.model, request.runs_root)
+    if not model.local:  # one request, or none offline: an absent network or a wrong id is one line, at once
+        check_hub_source(model.name_or_path, "model", f"--model {model.name_or_path}")
     suite = load_suite(request.suite)
     backend_name = select_backend(request.backend, request.backend_options.base_url)
     check_options(backend_name, request.backend_options)
@@ -264,7 +276,8 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     options = replace(request.backend_options, seed=suite.seed)
     out_dir = output_dir_for(model, suite, request, started)
     logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
-    backend = load_backend(backend_name, model.name_or_path, options)
+    with network_errors(f"--model {model.name_or_path}", None if model.local else model.name_or_path):
+        backend = load_backend(backend_name, model.name_or_path, options)
     try:
         tasks, details = _run_tasks(prepared, backend)
     finally:

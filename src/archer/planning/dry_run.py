@@ -27,6 +27,7 @@ def describe(
     *,
     zero_stage: int = 3,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    sources: list[str] | None = None,
 ) -> str:
     """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
 
@@ -40,6 +41,8 @@ def describe(
     precision = _precision(recipe, stage)
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
+    # where the model and data come from, as the launch resolves them (archer.training.sources)
+    lines += sources or [f"model: {recipe.model.name_or_path}", f"data: {recipe.data.dataset}"]
     lines += _effective_config(recipe, objective)
     lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
     lines += _format_plan(plan, args, responses_per_step_given=raw_trainer(recipe).get("responses_per_step"))
@@ -120,8 +123,8 @@ def _model_shape(recipe: Any) -> ModelShape:
 def _effective_config(recipe: Any, objective: Any) -> list[str]:
     args, data, model = recipe.trainer, recipe.data, recipe.model
     lines = [
-        f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
-        f"data: {data.dataset} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)})",
+        f"model settings: dtype {model.dtype}, attention {model.attn_implementation or 'default'}",
+        f"data settings: loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)}",
         f"objective: {args.objective} {objective.to_dict()}",
         f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule "
         f"counted in rollouts, warm-up {args.warmup_steps:g} rollouts, weight decay {args.weight_decay:g}, grad clip "

@@ -78,7 +78,14 @@ RUN_TOP_LEVEL = (
     "recipe.yaml",
     "metrics.jsonl",
 )
-RUN_SUBFOLDERS = ("plots/*.png", "plots/*.svg", "plots/*.pdf", "eval/*/results.json", "eval/*/results.md")
+RUN_SUBFOLDERS = (
+    "plots/*.png",
+    "plots/*.svg",
+    "plots/*.pdf",
+    "eval/*/results.json",
+    "eval/*/results.md",
+    "runs/*/events.out.tfevents.*",  # TensorBoard logs (report_to: tensorboard): the Hub shows them as metrics
+)
 
 
 @dataclass(frozen=True)

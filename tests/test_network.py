@@ -150,6 +150,12 @@ def test_failures_inside_loaders_map_to_one_line():
     gated.__cause__ = GatedRepoError("403 Client Error", response=response)
     assert "is gated" in describe(gated, "--model a/b", "a/b")
     assert describe(ValueError("not the network"), "--model a/b") is None
+    assert describe(TimeoutError("a collective timed out"), "r.yaml") is None  # not every timeout is the network
+    vllm = httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("POST", "http://n3:8000/x"))
+    line = describe(vllm, "r.yaml")
+    assert (
+        line == "r.yaml: cannot reach http://n3:8000 (connection refused); check the network and that the server runs"
+    )
     with pytest.raises(UserError, match="^--model a/b: cannot reach"), network.network_errors("--model a/b"):
         raise httpx.ConnectError("[Errno 111] Connection refused")
 

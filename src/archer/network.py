@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from archer.errors import UserError, one_line
 
@@ -82,6 +82,27 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _server_of(err: BaseException) -> str | None:
+    """``scheme://host[:port]`` of the request that failed, when the error carries it (httpx, requests)."""
+    try:
+        request = getattr(err, "request", None)
+    except RuntimeError:  # httpx: an error raised outside a request has none
+        return None
+    url = getattr(request, "url", None)
+    if url is None:
+        return None
+    parts = urlsplit(str(url))
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def _unreachable_line(what: str, err: BaseException, hub_url: str, problem: str) -> str:
+    """``cannot reach`` / ``no answer from`` the server the request went to: the Hub (check HF_ENDPOINT) or
+    another one (a vLLM server, a proxy), named by its own URL."""
+    server = _server_of(err) or hub_url
+    hint = "check the network or HF_ENDPOINT" if server == hub_url else "check the network and that the server runs"
+    return f"{what}: {problem.format(server=server)}; {hint}"
+
+
 def _connect_reason(err: BaseException) -> str:
     text = " ".join(str(err).split()).lower()
     if "refused" in text:
@@ -128,19 +149,19 @@ def describe_failure(
         if isinstance(e, hub.LocalEntryNotFoundError):
             return f"{what}: not in the local cache, and {where} cannot be reached; check the network or HF_ENDPOINT"
         if isinstance(e, httpx.TimeoutException):
-            return (
-                f"{what}: no answer from {where} within {timeout_s():g} s (timeout); check the network or HF_ENDPOINT"
+            return _unreachable_line(
+                what, e, where, "no answer from {server} " + f"within {timeout_s():g} s (timeout)"
             )
         if isinstance(e, httpx.ConnectError | httpx.NetworkError | httpx.RemoteProtocolError):
-            return f"{what}: cannot reach {where} ({_connect_reason(e)}); check the network or HF_ENDPOINT"
+            return _unreachable_line(what, e, where, "cannot reach {server} " + f"({_connect_reason(e)})")
         if isinstance(e, hub.HfHubHTTPError) or (isinstance(e, httpx.HTTPStatusError) and _status(e)):
             return _http_line(what, _status(e), where, repo)
     for e in chain:  # libraries' own wrappers, when nothing more specific is in the chain
         if type(e).__name__ == "DatasetNotFoundError":
             return f"{what}: {repo or 'the dataset'} not found on {where}, or not accessible (gated or private)"
         if _is_requests_error(e):
-            return f"{what}: cannot reach {where} ({_connect_reason(e)}); check the network or HF_ENDPOINT"
-        if isinstance(e, ConnectionError | TimeoutError):
+            return _unreachable_line(what, e, where, "cannot reach {server} " + f"({_connect_reason(e)})")
+        if isinstance(e, ConnectionError) and ("Couldn't reach" in str(e) or where in str(e)):  # datasets' wrapper
             return f"{what}: cannot reach {where} ({one_line(e, 120)}); check the network or HF_ENDPOINT"
     return None
 

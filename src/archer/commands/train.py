@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from archer.training.pipeline import run_training
 
     quiet_third_party()
-    with network_errors(f"{args.recipe}: loading the model or data"):
+    with network_errors(str(args.recipe)):  # what the sources check could not foresee: one line, the server named
         summary = run_training(recipe, resume=not args.no_resume)
     if summary:
         print(format_summary(summary, recipe.trainer.output_dir))

@@ -373,10 +373,8 @@ def check_trainer_build(recipe: Recipe) -> None:
         check, package = TRACKER_PACKAGES.get(name, (f"is_{name}_available", name))
         available = getattr(integration_utils, check, None)
         if available is not None and not available():
-            raise UserError(
-                f"{where}.report_to: {name} is not installed (pip install {package}); or report_to: tensorboard "
-                "(installed with archer) or none"
-            )
+            instead = "make install brings it" if name == "tensorboard" else "or report_to: tensorboard, or none"
+            raise UserError(f"{where}.report_to: {name} is not installed (pip install {package}; {instead})")
     from transformers import Trainer
 
     try:

@@ -48,7 +48,7 @@ BAD_INPUTS = {
     "report_to not installed": (
         {"trainer": {"report_to": ["mlflow"]}},
         False,
-        "trainer.report_to: mlflow is not installed (pip install mlflow)",
+        "trainer.report_to: mlflow is not installed (pip install mlflow; or report_to: tensorboard, or none)",
     ),
     "optimizer package missing": (
         {"trainer": {"optim": "adamw_bnb_8bit"}},

@@ -6,6 +6,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Extra pip options for the installs. On Linux, PyPI's torch 2.13.0 is the multi-GB CUDA build; the CPU build that
+# constraints-cpu.txt means (and vLLM's CPU build needs: 2.13.0+cpu) comes from PyTorch's own index:
+#   make install PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 PIP_EXTRA ?=
 
 RECIPE ?= recipes/tiny/archer.yaml
@@ -40,7 +43,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install --progress-bar off -c constraints-cpu.txt $(PIP_EXTRA) -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) ## create .venv with the pinned CPU dependency set
+install: $(STAMP) ## create .venv with the pinned CPU set; Linux: PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu" (torch +cpu)
 
 # vLLM's CPU build, for the tests and `archer eval --backend vllm` on CPU: the same version as the GPU set's vllm
 # (constraints-gpu.txt is the one place to bump both). It doubles the venv (about 2 GB more), so `make train` does

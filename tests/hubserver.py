@@ -12,7 +12,9 @@ It speaks the subset of the Hub's HTTP API that ``huggingface_hub`` uses to publ
 - ``GET /api/models/<repo>[/revision/<rev>]``, ``GET /api/models/<repo>/tree/<rev>[/<path>]``;
 - ``HEAD`` / ``GET /<repo>/resolve/<rev>/<path>`` (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``/``-Size``).
 
-What it checks: the bearer token on every write and on reads of private repos (401 otherwise); that a repo and a
+What it checks: the bearer token on every write and on reads of private repos (401 otherwise), and on any request
+that sends one (a wrong token is 401, as on the Hub); writes to a namespace in ``forbidden`` (403); reads of a repo
+in ``gated`` (401 without a token, 403 with one: never granted, the Hub's ``GatedRepo`` code); that a repo and a
 revision exist (404 with the Hub's ``X-Error-Code``); the README front matter parses as a YAML mapping; the sha256
 and size of every uploaded LFS object; that each ``lfsFile`` of a commit names an uploaded object; that a commit's
 paths are relative and normalised; ``parentCommit`` against the branch head (412).
@@ -72,8 +74,10 @@ class Repo:
 class HubServer:
     """Start with ``with HubServer(token=...) as hub:``; ``hub.endpoint`` is the base URL to give the client."""
 
-    def __init__(self, token: str = "hf_test_token") -> None:
+    def __init__(self, token: str = "hf_test_token", forbidden: tuple[str, ...] = (), gated: tuple[str, ...] = ()):
         self.token = token
+        self.forbidden = set(forbidden)  # namespaces the token may not write to
+        self.gated = set(gated)  # repo ids whose files no one may read
         self.repos: dict[str, Repo] = {}
         self.commits: dict[str, Commit] = {}
         self.lfs_store: dict[str, bytes] = {}
@@ -170,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         with hub.lock:
             hub.requests.append((method, url.path))
             try:
+                if self.headers.get("Authorization") and not self._authorized():
+                    raise _HubError(401, "Invalid credentials in Authorization header")
                 self._route(method, parts, query, body)
             except _HubError as err:
                 headers = {"X-Error-Message": str(err)}
@@ -245,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         if "/" not in repo_id:
             repo_id = f"user/{repo_id}"
+        if repo_id.split("/")[0] in hub.forbidden:
+            raise _HubError(403, f"You don't have the rights to create a model under the namespace {repo_id}")
         if repo_id in hub.repos:
             raise _HubError(409, "You already created this model repo", url=f"{hub.endpoint}/{repo_id}")
         repo = Repo(repo_id, private=payload.get("visibility", "public") == "private")
@@ -413,6 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
         repo = self._repo(repo_id)
+        if repo_id in self.server_state.gated:
+            status = 403 if self._authorized() else 401
+            raise _HubError(status, f"Access to model {repo_id} is restricted", "GatedRepo")
         head = self._head(repo, revision)
         blob = head.files.get(path)
         if blob is None:
@@ -422,3 +433,18 @@ class _Handler(BaseHTTPRequestHandler):
         if blob.lfs_sha256:
             headers |= {"X-Linked-Etag": f'"{blob.lfs_sha256}"', "X-Linked-Size": str(blob.size)}
         self._send(200, headers=headers | {"Content-Type": "application/octet-stream"}, raw=content)
+
+
+def seed_cache(hub_cache, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> None:
+    """Lay out ``files`` of a Hub repo in a huggingface_hub cache folder (``HF_HOME/hub``), as a download leaves
+    them: ``<type>s--org--name/refs/main`` naming a snapshot that holds the files. Offline code then finds it."""
+    from pathlib import Path
+
+    folder = Path(hub_cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        path = folder / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)

@@ -83,19 +83,25 @@ def test_finished_run_card_parses_back_with_eval_results_in_model_index(tmp_path
     }
     hard = next(r for r in data.eval_results if r.dataset_name == "arithmetic_hard" and r.metric_type == "avg@4")
     assert hard.dataset_type == "archer/arith-hard"  # the benchmark's Hub dataset when the results name one
+    assert hard.dataset_revision == "abc123"
     assert hard.metric_args == {
         "backend": "transformers",
+        "seed": 0,
+        "dtype": "auto",
+        "batch_size": 16,
         "temperature": 0.8,
         "top_p": 1.0,
         "max_new_tokens": 40,
-        "seed": 0,
+        "suite": "tiny",
         "k": 4,
+        "problems": 100,
     }
-    assert hard.metric_name == "avg@4 (T=0.8, top_p=1.0, max new tokens=40)"
+    assert hard.metric_name == "avg@4 (tiny suite, 100 problems, T=0.8, top_p=1.0, max new tokens=40)"
 
     text = card.text
     assert "https://arxiv.org/abs/2507.15778" in text
-    assert "| arithmetic | avg@8 | 200 | 71.2 |" in text
+    assert "| arithmetic | tiny | avg@8 | 8 | 200 | 71.2 | `eval/2026-11-27T10-00-00` |" in text
+    assert "- `eval/2026-11-27T10-00-00`: this model, suite `tiny` (arithmetic, arithmetic_hard); backend=" in text
     assert "| `learning_rate` | 0.0001 |" in text  # from the resolved config's trainer block
     assert "| `num_generations` | 8 |" in text
     assert "| `reasoning_clip` | 0.5, 0.5 |" in text
@@ -138,8 +144,9 @@ def test_tiny_run_compares_with_its_sft_warm_start_evaluated_in_sft_eval(tmp_pat
     results["tasks"]["arithmetic"]["metrics"]["avg@8"] = 51.25
     _write_results(run / "sft" / "eval" / "2026-11-27T09-00-00" / "results.json", results)
     text = ModelCard.load(write_card(run)).text
-    assert "| benchmark | metric | problems | tiny-archer | SFT warm start | Δ |" in text
-    assert "| arithmetic | avg@8 | 200 | **71.2** | 51.2 | +20.0 |" in text
+    assert "| benchmark | suite | metric | k | problems | tiny-archer | SFT warm start | Δ | eval folder |" in text
+    assert "| arithmetic | tiny | avg@8 | 8 | 200 | **71.2** | 51.2 | +20.0 | `eval/2026-11-27T10-00-00` |" in text
+    assert "- `sft/eval/2026-11-27T09-00-00`: SFT warm start, suite `tiny` (arithmetic, arithmetic_hard)" in text
 
 
 def test_base_model_results_found_in_run_folder_give_a_comparison_column(tmp_path):
@@ -152,8 +159,10 @@ def test_base_model_results_found_in_run_folder_give_a_comparison_column(tmp_pat
     assert card.data.base_model == BASE_MODEL
     assert card.data.datasets == ["open-r1/DAPO-Math-17k-Processed"]
     assert _scores(card)[("arithmetic", "avg@8")] == 71.25  # the run's own results, not the base's
-    assert f"| r1-archer | {BASE_MODEL} | Δ |" in card.text
-    assert "| arithmetic | avg@8 | 200 | **71.2** | 60.0 | +11.2 |" in card.text
+    assert f"| r1-archer | {BASE_MODEL} | Δ | eval folder |" in card.text
+    assert (
+        "| arithmetic | tiny | avg@8 | 8 | 200 | **71.2** | 60.0 | +11.2 | `eval/2026-11-27T10-00-00` |" in card.text
+    )
     assert f"[{BASE_MODEL}](https://huggingface.co/{BASE_MODEL})" in card.text
     assert "Compute 26+10-17." not in card.text  # not the arithmetic task: a math prompt instead
 
@@ -164,7 +173,10 @@ def test_explicit_base_results_file_wins(tmp_path):
     base["tasks"]["arithmetic_hard"]["metrics"]["pass@4"] = 70.0
     path = _write_results(tmp_path / "base.json", base)
     text = render_card(run, base_results=path).text
-    assert "| arithmetic_hard | pass@4 | 100 | **62.5** | 70.0 | -7.5 |" in text
+    assert (
+        "| arithmetic_hard | tiny | pass@4 | 4 | 100 | **62.5** | 70.0 | -7.5 | `eval/2026-11-27T10-00-00` |" in text
+    )
+    assert f"- `{path}`: my-base, suite `tiny` (arithmetic, arithmetic_hard)" in text
     assert "| my-base |" in text
 
 
@@ -273,3 +285,76 @@ def test_card_command_defaults_to_the_newest_run(tmp_path, monkeypatch, capsys):
     os.utime(old, (1, 1))
     assert main(["card"]) == 0
     assert (new / "README.md").is_file() and not (old / "README.md").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The card reports whole benchmarks only, and compares like with like
+
+
+def _base_results(model: str, problems: int, avg: float) -> dict:
+    results = json.loads((FIXTURE / "eval_results.json").read_text()) | {"model": model}
+    results["tasks"]["arithmetic"].update(num_problems=problems)
+    results["tasks"]["arithmetic"]["metrics"]["avg@8"] = avg
+    return results
+
+
+@pytest.mark.slow
+def test_limited_eval_then_card_reports_nothing_from_it(tmp_path, tiny_model_dir, capsys):
+    """The newcomer's sequence: `archer eval --limit 20` on a run, then `archer card`. The 20-problem score must not
+    reach the table or the Hub metadata, and must not be compared with the warm start's 500 problems."""
+    run = tmp_path / "tiny-archer"
+    shutil.copytree(tiny_model_dir, run)
+    make_run(run)
+    shutil.rmtree(run / "eval")  # no whole evaluation of the run yet
+    _write_results(
+        run / "sft" / "eval" / "20261201-090000" / "results.json", _base_results(str(run / "sft"), 500, 55.8)
+    )
+
+    assert main(["eval", "--model", str(run), "--limit", "20"]) == 0
+    (limited,) = (run / "eval").iterdir()
+    results = json.loads((limited / "results.json").read_text())
+    assert results["limit"] == 20 and results["tasks"]["arithmetic"]["limited"] is True
+    assert results["tasks"]["arithmetic"]["num_problems"] == 20
+
+    assert main(["card", str(run)]) == 0
+    card = ModelCard.load(run / "README.md")
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    assert "| benchmark |" not in card.text and "55.8" not in card.text
+    assert "only smoke runs on part of the" in card.text
+    assert f"which a card never reports: `eval/{limited.name}`" in card.text
+
+
+def test_newest_whole_eval_wins_over_a_newer_limited_one(tmp_path):
+    run = make_run(tmp_path / "run")  # a whole evaluation in eval/2026-11-27T10-00-00
+    smoke = json.loads((FIXTURE / "eval_results.json").read_text()) | {"model": str(run), "limit": 20}
+    smoke["tasks"]["arithmetic"].update(num_problems=20, limit=20, limited=True)
+    smoke["tasks"]["arithmetic"]["metrics"]["avg@8"] = 90.62
+    _write_results(run / "eval" / "2026-12-01T10-00-00" / "results.json", smoke)
+    card = render_card(run)
+    assert _scores(card)[("arithmetic", "avg@8")] == 71.25
+    assert "90.6" not in card.text
+    # arithmetic_hard was whole in the newer run too: its newest numbers come from there
+    hard = [line for line in card.text.splitlines() if line.startswith("| arithmetic_hard | tiny | avg@4")]
+    assert hard == ["| arithmetic_hard | tiny | avg@4 | 4 | 100 | 40.0 | `eval/2026-12-01T10-00-00` |"]
+
+
+def test_schema_1_results_cannot_show_their_limit_and_are_left_out(tmp_path, caplog):
+    run = make_run(tmp_path / "run")
+    old = json.loads((run / "eval" / "2026-11-27T10-00-00" / "results.json").read_text())
+    old["schema_version"] = 1
+    for task in old["tasks"].values():
+        del task["limited"], task["limit"]
+    _write_results(run / "eval" / "2026-11-27T10-00-00" / "results.json", old)
+    with caplog.at_level("WARNING", logger="archer.publish.card"):
+        card = render_card(run)
+    assert card.data.eval_results is None
+    assert "written before archer eval recorded --limit" in caplog.text
+
+
+def test_base_on_another_problem_count_gets_no_comparison(tmp_path):
+    run = make_run(tmp_path / "r1-archer", base_model=BASE_MODEL)
+    _write_results(run / "eval" / "2026-11-27T09-00-00" / "results.json", _base_results(BASE_MODEL, 500, 55.8))
+    text = render_card(run).text
+    assert "| arithmetic | tiny | avg@8 | 8 | 200 | **71.2** | – | – | `eval/2026-11-27T10-00-00` |" in text
+    assert "55.8" not in text
+    assert "| arithmetic_hard | tiny | avg@4 | 4 | 100 | **40.0** | 40.0 | +0.0 |" in text  # same k, count, sampling

@@ -47,7 +47,7 @@ def test_default_make_eval_on_newest_run(workdir, capsys):
     assert not run_dirs(older)
     (out,) = run_dirs(run)
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2 and results["limit"] == 3
     assert (results["model"], results["local_model"]) == (str(Path("outputs") / "tiny-archer"), True)
     assert results["suite"] == "tiny" and results["protocol"]["backend"] == "transformers"
     assert {"lighteval", "transformers", "torch", "python"} <= set(results["versions"])

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from paths import ROOT
 
+from archer.cli import main
+from archer.errors import UserError
 from archer.evaluation import runner
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.results import average_rows, markdown_table
@@ -164,11 +166,11 @@ def test_code_limits_reach_the_code_reward(monkeypatch, tmp_path, tasks):
 class FakeBackend:
     name = "transformers"
 
-    def __init__(self, tokenizer, completions: list[list[str]]):
-        self.tokenizer, self._completions = tokenizer, list(completions)
+    def __init__(self, tokenizer, completions: dict[str, list[str]]):
+        self.tokenizer, self._completions = tokenizer, completions
 
     def generate(self, prompts, sampling, desc, texts=None):
-        completions = self._completions.pop(0)  # one list per task, in suite order
+        completions = self._completions[desc]  # desc: the task's short name
         assert len(completions) == sampling.k
         return [list(completions) for _ in prompts]
 
@@ -195,14 +197,15 @@ def fake_run(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     tokenizer = build_tokenizer()
     tokenizer.chat_template = (ROOT / "tests" / "data" / "chat_templates" / "deepseek_r1_distill.jinja").read_text()
-    completions = [
-        ["So 3 + r = 5 + r - 2.\n</think>\nAdd \\boxed{2}.", "It might be \\boxed{2}, but wait"],  # amc23 row 0
-        ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # olympiadbench row 0
-    ]
+    completions = {
+        "amc23": ["So 3 + r = 5 + r - 2.\n</think>\nAdd \\boxed{2}.", "It might be \\boxed{2}, but wait"],  # row 0
+        "olympiadbench": ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # row 0
+    }
     monkeypatch.setattr(runner, "select_backend", lambda requested, base_url=None: "transformers")
+    monkeypatch.setattr(runner, "check_hub_source", lambda *a, **k: None)  # a faked Hub: nothing to reach
     monkeypatch.setattr(runner, "load_backend", lambda *a: FakeBackend(tokenizer, completions))
 
-    def run(close: str) -> tuple[dict, Path, list]:
+    def run(close: str, **request) -> tuple[dict, Path, list]:
         suite = tmp_path / f"fake-{close}.yaml"
         suite.write_text(
             f"name: fake\nmodule: {MODULE}\n"
@@ -211,7 +214,8 @@ def fake_run(tmp_path, monkeypatch):
             "  - {task: olympiadbench, limit: 1}\n"
             "averages: {math avg: [amc23, olympiadbench]}\n"
         )
-        out, results = evaluate(EvalRequest(model="org/model", suite=str(suite), runs_root=tmp_path / "runs"))
+        request = EvalRequest(model="org/model", suite=str(suite), runs_root=tmp_path / "runs", **request)
+        out, results = evaluate(request)
         assert json.loads((out / "results.json").read_text()) == results
         return results, out, calls
 
@@ -240,3 +244,32 @@ def test_a_non_thinking_suite_grades_the_whole_completion(fake_run):
     assert results["tasks"]["amc23"]["grading"] == {"require_think_close": False}
     assert results["tasks"]["amc23"]["metrics"]["avg@2"] == 100.0  # the unclosed guess counts without the rule
     assert results["averages"]["math avg"]["value"] == 75.0
+
+
+def test_results_record_the_limit_and_which_tasks_ran(fake_run):
+    results, _, _ = fake_run("auto")
+    assert results["schema_version"] == 2 and results["limit"] is None and results["tasks_selected"] is None
+    amc = results["tasks"]["amc23"]
+    assert (amc["limit"], amc["limited"], amc["num_problems"]) == (1, True, 1)  # the suite's limit: a smoke run
+
+    results, _, _ = fake_run("auto", tasks=("olympiadbench",))
+    assert list(results["tasks"]) == ["olympiadbench"] and results["tasks_selected"] == ["olympiadbench"]
+    assert results["averages"] == {}  # the math avg row needs amc23 too
+
+
+def test_a_task_outside_the_suite_is_one_line_before_any_data_loads(fake_run, capsys):
+    with pytest.raises(UserError, match=r"--tasks: 'minerva' is not a task of suite fake; its tasks: amc23, olymp"):
+        fake_run("auto", tasks=("amc23", "minerva"))
+    with pytest.raises(UserError, match="--tasks: no task named"):
+        fake_run("auto", tasks=())
+
+
+def test_cli_tasks_flag_typo_is_one_line_exit_2(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2"}')
+    argv = ["eval", "--model", str(model), "--suite", "paper", "--tasks", "aime24,minervaa", "--data", "aime24=x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tasks: 'minervaa' is not a task of suite paper; its tasks: aime24, aime25")
+    assert err.count("\n") == 1 and not (model / "eval").exists()

@@ -86,6 +86,10 @@ def test_command_line_overrides(tmp_path):
         (lambda r: r["objective"].update(reasoning_clip=-1), "objective:"),
         (lambda r: r["trainer"].update(per_device_train_batch_size=6), "trainer:.*whole groups of num_generations"),
         (lambda r: r["trainer"].update(beta=0.1), "trainer.beta"),
+        (
+            lambda r: r["trainer"].update(gradient_checkpointing=True),
+            "trainer.gradient_checkpointing: deprecated in transformers 5 .*; write trainer.activation_checkpointing",
+        ),
         (lambda r: r["data"].update(dataset="org/some-dataset"), "data.dataset: the tiny model only knows"),
         # ranges TRL does not check (or checks only once models are built)
         (lambda r: r["trainer"].update(per_device_train_batch_size=0), r"per_device_train_batch_size=0: must be >= 1"),
@@ -126,6 +130,22 @@ def test_bad_recipes_fail_with_one_line(tmp_path, mutate, expected):
         load_recipe(path)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
+
+
+def test_building_the_trainer_config_raises_no_deprecation_warning(tmp_path):
+    """TRL's default (gradient_checkpointing=True) goes to transformers under its new name: an error found while the
+    arguments are built is not preceded by transformers' FutureWarning about the old one."""
+    import warnings
+
+    raw = base(tmp_path)
+    raw["trainer"].pop("report_to")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe = load_recipe(write(tmp_path, raw))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert recipe.trainer.activation_checkpointing is True  # TRL's default, kept
+    raw["trainer"]["activation_checkpointing"] = False
+    assert load_recipe(write(tmp_path, raw)).trainer.activation_checkpointing is False
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from hubserver import seed_cache
 from paths import ROOT
 
 from archer.errors import UserError
@@ -216,6 +217,16 @@ def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: s
         },
     )
     env.update(SLURM_JOB_NODELIST=",".join(nodes), SLURM_JOB_ID="7", LOG=str(tmp_path / "calls"), **extra_env)
+    # offline, as the tests run: the dry run finds the recipe's model and data in a cache, as a cluster's would
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    config = (ROOT / "src" / "archer" / "data" / "model_configs").glob("*DeepSeek-R1-Distill-Qwen-1.5B*.json")
+    seed_cache(
+        tmp_path / "hf" / "hub",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        {"config.json": next(config).read_bytes()},
+    )
+    for dataset in ("agentica-org/DeepScaleR-Preview-Dataset", "agentica-org/DeepCoder-Preview-Dataset"):
+        seed_cache(tmp_path / "hf" / "hub", dataset, {"README.md": b"x"}, "dataset")
     env["PYTHONPATH"] = str(ROOT / "src")
     return subprocess.run(
         ["bash", str(ROOT / "slurm" / "train.slurm"), str(PAPER_RECIPES[0]), *args],
@@ -256,3 +267,10 @@ def test_tiny_recipe_plans_the_model_training_builds():
     tokenizer = build_tokenizer(task=ArithmeticTask(**recipe.data.task))
     model = build_model(tokenizer, TinyModelConfig(**recipe.model.tiny))
     assert f"parameters ({model.num_parameters():,})" in describe(recipe, num_processes=1)
+
+
+def test_slurm_log_path_needs_no_folder_made_first():
+    """Slurm opens --output before the script runs (its `mkdir -p logs` comes too late for the job's own log)."""
+    lines = (ROOT / "slurm" / "train.slurm").read_text().splitlines()
+    (output,) = [line.split("=", 1)[1] for line in lines if line.startswith("#SBATCH --output=")]
+    assert "/" not in output

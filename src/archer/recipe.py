@@ -356,6 +356,23 @@ def check_data_source(recipe: Recipe) -> None:
         raise UserError(
             f"{path}: data.dataset: {data.dataset} does not exist (give an existing file or folder, or a Hub id)"
         )
+    elif not looks_local(data.dataset) and not _is_hub_id(data.dataset):
+        raise UserError(
+            f"{path}: data.dataset: {short(data.dataset)} is neither a path here nor a Hub dataset id org/name "
+            f"(built-in tasks: {', '.join(BUILTIN_DATASETS)})"
+        )
+
+
+def _is_hub_id(name: str) -> bool:
+    """``org/name`` with the Hub's characters (huggingface_hub.utils.validate_repo_id)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") == 1
 
 
 def check_batches(recipe: Recipe) -> None:
@@ -382,7 +399,61 @@ def check_output_dir(recipe: Recipe) -> None:
         return
 
 
-RECIPE_CHECKS: list[Check] = [check_length, check_model_source, check_data_source, check_batches, check_output_dir]
+# trainer.report_to value -> (transformers' availability check, what to pip install)
+TRACKER_PACKAGES = {
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+    "comet_ml": ("is_comet_available", "comet-ml"),
+    "flyte": ("is_flytekit_available", "flytekit"),
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+}
+
+
+def check_trainer_build(recipe: Recipe) -> None:
+    """What would otherwise fail only when the Trainer is built, after the run folder is written: ``report_to``
+    against transformers' integrations (each one installed), the optimizer's package, a checkpoint push's repo id
+    and token."""
+    from transformers.integrations import integration_utils
+
+    args, where = recipe.trainer, f"{recipe.path}: trainer"
+    trackers = integration_utils.INTEGRATION_TO_CALLBACK
+    for name in args.report_to or []:
+        if name not in trackers:
+            raise UserError(
+                f"{where}.report_to: unknown tracker {short(name)}; valid: none, all, {', '.join(sorted(trackers))}"
+            )
+        check, package = TRACKER_PACKAGES.get(name, (f"is_{name}_available", name))
+        available = getattr(integration_utils, check, None)
+        if available is not None and not available():
+            instead = "make install brings it" if name == "tensorboard" else "or report_to: tensorboard, or none"
+            raise UserError(f"{where}.report_to: {name} is not installed (pip install {package}; {instead})")
+    from transformers import Trainer
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except (ImportError, ValueError) as err:
+        raise UserError(f"{where}.optim={_option(args.optim)}: {one_line(err)}") from None
+    if args.push_checkpoints:
+        from archer.publish.hub import check_repo_id, resolve_token
+
+        try:
+            check_repo_id(args.hub_model_id)
+            resolve_token()  # as the launch's CheckpointPusher: HF_TOKEN or the saved login
+        except UserError as err:
+            raise UserError(f"{where}.push_checkpoints: {err}") from None
+
+
+def _option(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+RECIPE_CHECKS: list[Check] = [
+    check_length,
+    check_model_source,
+    check_data_source,
+    check_batches,
+    check_output_dir,
+    check_trainer_build,
+]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "transformers, vllm (in-process engines) or openai (a running OpenAI-compatible server)",
     )
     parser.add_argument("--output-dir", default=None, help="parent folder of the run folder (default: see README)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N problems per task (smoke runs)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most N problems per task (a smoke run: model cards leave it out)"
+    )
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        metavar="TASK,...",
+        help="run only these tasks of the suite, e.g. aime24,minerva (default: all of them)",
+    )
     parser.add_argument(
         "--data",
         type=_task_path,
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         output_dir=args.output_dir,
         limit=args.limit,
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks is not None else None,
         data=dict(args.data),
         backend_options=BackendOptions(
             dtype=args.dtype,

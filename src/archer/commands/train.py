@@ -44,30 +44,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from archer.resources import resolve_yaml
+    from archer.versions import check_trl_version
 
+    check_trl_version()  # before the recipe builds TRL's config: a version outside the tested range is one line
     args.recipe = resolve_yaml(args.recipe, "recipes")
+    from archer.training.sources import check_sources, machine_problems
+
+    # The dry run makes every check the launch makes (the same recipe build, the same sources check), except that it
+    # may plan for another machine: what this one lacks (vLLM, bf16) is printed, where the launch stops.
     if args.dry_run:
         from archer.planning.dry_run import describe
         from archer.recipe import load_recipe_for_plan
 
         recipe = load_recipe_for_plan(args.recipe, args.overrides)
-        print(
-            describe(
-                recipe,
-                num_processes=args.num_processes,
-                zero_stage=args.zero_stage,
-                deepspeed_config=args.deepspeed_config,
-            )
+        sources = check_sources(recipe)
+        text = describe(
+            recipe,
+            num_processes=args.num_processes,
+            zero_stage=args.zero_stage,
+            deepspeed_config=args.deepspeed_config,
+            sources=sources,
         )
+        print(text)
+        for problem in machine_problems(recipe):
+            print(f"note: this machine cannot launch it: {problem}")
         return 0
 
     from archer.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    for line in check_sources(recipe):  # the Hub asked once (or the cache offline), before anything is written
+        logging.getLogger("archer.train").info("%s", line)
+    if problems := machine_problems(recipe):
+        from archer.errors import UserError
+
+        raise UserError(problems[0])
+    from archer.network import network_errors
     from archer.training.pipeline import run_training
 
     quiet_third_party()
-    summary = run_training(recipe, resume=not args.no_resume)
+    with network_errors(str(args.recipe)):  # what the sources check could not foresee: one line, the server named
+        summary = run_training(recipe, resume=not args.no_resume)
     if summary:
         print(format_summary(summary, recipe.trainer.output_dir))
     return 0

@@ -76,9 +76,12 @@ def load_rows(
         try:
             ds = datasets.load_dataset(config.hf_repo, config.hf_subset, split=split, revision=revision)
         except Exception as err:  # offline, gated, renamed: all the user can fix is where the data comes from
+            from archer.network import describe_failure
+
             short = config.name.removeprefix("archer:")
+            why = describe_failure(err, f"task {short}", config.hf_repo, "dataset") or type(err).__name__
             raise UserError(
-                f"task {config.name}: cannot load {config.hf_repo} ({type(err).__name__}); "
+                f"task {config.name}: cannot load {config.hf_repo} ({why.removeprefix(f'task {short}: ')}); "
                 f"give a local copy with --data {short}=PATH or `data:` in the suite"
             ) from None
         rows, source = list(ds), f"{config.hf_repo} ({config.hf_subset}, {split}, revision {revision or 'newest'})"

@@ -1,10 +1,11 @@
 """Results of one ``archer eval`` run: ``results.json``, ``results.md`` and ``details/<task>.jsonl``.
 
-``results.json`` (schema_version 1)::
+``results.json`` (schema_version 2; 1 lacked the ``limit`` / ``limited`` / ``tasks_selected`` entries)::
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "model": str (run folder, model folder or Hub id), "local_model": bool,
      "suite": str (its name), "suite_file": str, "suite_description": str,
+     "limit": int | null (--limit), "tasks_selected": [<task>...] | null (--tasks; null: every task of the suite),
      "protocol": {"backend": "transformers" | "vllm" | "openai", "seed": int,
                   transformers: "dtype", "batch_size"; vllm: "dtype", "tensor_parallel_size", "data_parallel_size";
                   openai: "served_model", "server" (its owned_by), "prompt_format", "max_concurrency"},
@@ -12,9 +13,12 @@
                         "revision": Hub commit of the dataset | null (unpinned, local or generated),
                         "k", "temperature", "top_p", "max_new_tokens", "prompt_style",
                         "grading": {"require_think_close": bool, code tasks: "code_timeout_s", "code_budget_s"},
+                        "limit": int | null (--limit, else the suite's), "limited": bool (the limit left problems
+                        out: a smoke run, which model cards never report),
                         "num_problems", "num_samples", "metrics": {"avg@k": %, "pass@k": %, "pass@j": %...},
                         "generation_s", "details": "details/<task>.jsonl"}},
-     "averages": {<row, e.g. "math avg">: {"metric": "avg@k", "tasks": [<task>...], "value": %}},
+     "averages": {<row, e.g. "math avg">: {"metric": "avg@k", "tasks": [<task>...], "value": %}} (rows whose
+                  tasks all ran),
      "versions": {package: version},
      "started_at": ISO-8601 UTC, "wall_time_s": float}
 
@@ -32,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def fresh_dir(parent: Path, stem: str) -> Path:
@@ -75,6 +79,12 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {name} | - | - | {row['value']:.1f} | - | - | - | - | mean avg@k of {', '.join(row['tasks'])} |"
         )
+    if limited := [name for name, task in results["tasks"].items() if task.get("limited")]:
+        lines += [
+            "",
+            f"Limited to the first {results['tasks'][limited[0]]['limit']} problems: {', '.join(limited)} "
+            "(a smoke run: model cards never report it).",
+        ]
     return "\n".join(lines) + "\n"
 
 

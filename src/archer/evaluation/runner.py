@@ -26,6 +26,7 @@ from archer.evaluation.metrics import aggregate
 from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, write_run
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
 from archer.files import looks_local, read_model_config
+from archer.network import check_hub_source, network_errors
 from archer.training.run_folder import newest_run
 from archer.versions import versions
 
@@ -51,6 +52,7 @@ class EvalRequest:
     backend: str = field(default="auto", metadata={"help": "auto, transformers, vllm or openai"})
     output_dir: str | None = field(default=None, metadata={"help": "where the run folder goes (default: see docs)"})
     limit: int | None = field(default=None, metadata={"help": "at most N problems per task (smoke runs)"})
+    tasks: tuple[str, ...] | None = field(default=None, metadata={"help": "run only these tasks of the suite"})
     data: dict[str, str] = field(default_factory=dict, metadata={"help": "task -> local data path"})
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     runs_root: Path = field(default=RUNS_ROOT, metadata={"help": "where run folders (and outputs/eval) live"})
@@ -144,6 +146,7 @@ class PreparedTask:
     docs: list[Any]
     dataset: str  # where the rows came from: Hub id, local path or "generated"
     revision: str | None = None  # the Hub dataset's revision, None when unpinned or not from the Hub
+    limited: bool = False  # a limit (--limit or the suite's) left some of the task's problems out
 
 
 def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[PreparedTask]:
@@ -158,7 +161,7 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         )
     data = {f"archer:{t.removeprefix('archer:')}": path for t, path in request.data.items()}
     prepared = []
-    for spec in suite.tasks:
+    for spec in selected_tasks(suite, request.tasks):
         if spec.task not in configs:
             valid = ", ".join(name.removeprefix("archer:") for name in configs)
             raise UserError(f"{suite.path}: unknown task {spec.short_name!r} (not in {suite.module}); valid: {valid}")
@@ -166,17 +169,40 @@ def _prepare(suite: Suite, request: EvalRequest, model: ModelRef) -> list[Prepar
         spec = replace(spec, limit=limit, data=data.get(spec.task, spec.data))
         config = configs[spec.task]
         local_model = model.name_or_path if model.local else None
-        rows = load_rows(config, spec.data, generators, local_model, spec.revision)[: spec.limit]
+        if spec.data is None and config.name not in generators:  # from the Hub: reachable, or cached when offline
+            try:
+                check_hub_source(
+                    config.hf_repo, "dataset", f"task {spec.short_name}", spec.revision or config.hf_revision
+                )
+            except UserError as err:
+                raise UserError(
+                    f"{err}; a local copy: --data {spec.short_name}=PATH or `data:` in the suite"
+                ) from None
+        rows = load_rows(config, spec.data, generators, local_model, spec.revision)
+        limited = spec.limit is not None and len(rows) > spec.limit
+        rows = rows[: spec.limit]
         docs = [doc for row in rows if (doc := config.prompt_function(row, config.name)) is not None]
         from_hub = spec.data is None and config.name not in generators
         dataset = spec.data or (config.hf_repo if from_hub else "generated")
         revision = (spec.revision or config.hf_revision) if from_hub else None
-        prepared.append(PreparedTask(spec, docs, dataset, revision))
+        prepared.append(PreparedTask(spec, docs, dataset, revision, limited))
     if any(_has_code(task.docs) for task in prepared):
         from archer.sandbox.runner import ensure_sandbox
 
         ensure_sandbox()  # code is graded only in the bubblewrap sandbox: fail before generating anything
     return prepared
+
+
+def selected_tasks(suite: Suite, names: Sequence[str] | None) -> tuple[TaskSpec, ...]:
+    """The suite's tasks, or those of them named by ``--tasks`` (in the suite's order); a typo is one line."""
+    if names is None:
+        return suite.tasks
+    valid = [spec.short_name for spec in suite.tasks]
+    wanted = [name.removeprefix("archer:") for name in names]
+    if not wanted or (unknown := [name for name in wanted if name not in valid]):
+        bad = f"{unknown[0]!r} is not a task of suite {suite.name}" if wanted else "no task named"
+        raise UserError(f"--tasks: {bad}; its tasks: {', '.join(valid)}")
+    return tuple(spec for spec in suite.tasks if spec.short_name in wanted)
 
 
 def _has_code(docs: Sequence[Any]) -> bool:
@@ -227,6 +253,8 @@ def _run_tasks(prepared: Sequence[PreparedTask], backend: Backend) -> tuple[dict
             "revision": task.revision,
             **spec.protocol(),
             "grading": grading_record(grading, docs),
+            "limit": spec.limit,
+            "limited": task.limited,
             "num_problems": len(docs),
             "num_samples": len(docs) * spec.k,
             "metrics": metrics,
@@ -241,6 +269,8 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
     started, t0 = datetime.now(UTC), time.perf_counter()
     model = resolve_model(request.model, request.runs_root)
+    if not model.local:  # one request, or none offline: an absent network or a wrong id is one line, at once
+        check_hub_source(model.name_or_path, "model", f"--model {model.name_or_path}")
     suite = load_suite(request.suite)
     backend_name = select_backend(request.backend, request.backend_options.base_url)
     check_options(backend_name, request.backend_options)
@@ -248,7 +278,8 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     options = replace(request.backend_options, seed=suite.seed)
     out_dir = output_dir_for(model, suite, request, started)
     logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
-    backend = load_backend(backend_name, model.name_or_path, options)
+    with network_errors(f"--model {model.name_or_path}", None if model.local else model.name_or_path):
+        backend = load_backend(backend_name, model.name_or_path, options)
     try:
         tasks, details = _run_tasks(prepared, backend)
     finally:
@@ -261,13 +292,17 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         "suite": suite.name,
         "suite_file": str(suite.path),
         "suite_description": suite.description,
+        "limit": request.limit,
+        "tasks_selected": list(tasks) if request.tasks is not None else None,
         "protocol": {
             "backend": backend_name,
             "seed": suite.seed,
             **backend.protocol(),
         },
         "tasks": tasks,
-        "averages": average_rows(tasks, suite.averages),
+        "averages": average_rows(
+            tasks, {row: members for row, members in suite.averages.items() if set(members) <= set(tasks)}
+        ),
         "versions": versions(),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),

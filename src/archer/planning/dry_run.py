@@ -51,6 +51,7 @@ def describe(
     zero_stage: int = 3,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
     deepspeed_config: str | Path | None = None,
+    sources: list[str] | None = None,
 ) -> str:
     """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
 
@@ -66,6 +67,8 @@ def describe(
     precision = _precision(recipe, stage, ds_config, world)
     objective = args.objective_config()
     lines = [f"recipe: {recipe.path}", ""]
+    # where the model and data come from, as the launch resolves them (archer.training.sources)
+    lines += sources or [f"model: {recipe.model.name_or_path}", f"data: {recipe.data.dataset}"]
     lines += _effective_config(recipe, objective)
     lines += ["", f"batch arithmetic ({world} training process{'es' * (world > 1)}):"]
     lines += _format_plan(plan, args, responses_per_step_given=raw_trainer(recipe).get("responses_per_step"))
@@ -153,7 +156,7 @@ def _memory_lines(
         activation_bytes=activation_bytes,
         grad_bytes=DTYPE_BYTES.get(precision.grad_dtype, dtype_bytes),
         reduce_bucket_bytes=_reduce_bucket_bytes(ds_config, precision),
-        gradient_checkpointing=bool(args.gradient_checkpointing),
+        gradient_checkpointing=bool(args.activation_checkpointing),
         reference_model=args.beta != 0.0,
         vllm_colocate_fraction=args.vllm_gpu_memory_utilization
         if args.use_vllm and args.vllm_mode == "colocate"
@@ -198,12 +201,11 @@ def _model_shape(recipe: Any) -> ModelShape:
 
 def _effective_config(recipe: Any, objective: Any) -> list[str]:
     args, data, model = recipe.trainer, recipe.data, recipe.model
-    source = f"{data.dataset}, file {data.data_files}" if data.data_files else data.dataset
     prompts = f", prompts <= {data.max_prompt_tokens} tokens" if data.max_prompt_tokens else ""
     lines = [
-        f"model: {model.name_or_path} (dtype {model.dtype}, attention {model.attn_implementation or 'default'})",
-        f"data: {source} (loader {data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)}"
-        f"{prompts})",
+        f"model settings: dtype {model.dtype}, attention {model.attn_implementation or 'default'}",
+        f"data settings: {'file ' + str(data.data_files) + ', ' if data.data_files else ''}loader "
+        f"{data.loader or 'auto'}, split {data.split}, rewards {', '.join(data.rewards)}{prompts}",
         f"objective: {args.objective} {objective.to_dict()}",
         f"optimizer: {_value(args.optim)}, lr {args.learning_rate:g}, {_value(args.lr_scheduler_type)} schedule "
         f"counted in rollouts that make an update, warm-up {args.warmup_steps:g} of them, weight decay "
@@ -212,8 +214,8 @@ def _effective_config(recipe: Any, objective: Any) -> list[str]:
         f"sampling: temperature {args.temperature:g}, top_p {args.top_p:g}, top_k {args.top_k or 'off'}",
         f"grading: a completion without </think> {_think_close(data.require_think_close)}",
         *_reward_lines(data),
-        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; gradient "
-        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+        f"groups whose rewards are all equal: {'dropped' if args.drop_uniform_groups else 'kept'}; activation "
+        f"checkpointing {'on' if args.activation_checkpointing else 'off'}",
     ]
     if args.use_vllm:
         where = (

@@ -19,7 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 import archer
 from archer.errors import UserError
 from archer.files import atomic_write_text
-from archer.publish.run_info import EvalResults, RunFolder, find_eval_results, load_run, read_eval_results
+from archer.publish.run_info import EvalScores, RunFolder, Scores, find_eval_results, load_run, read_eval_results
 from archer.resources import model_card_template
 
 logger = logging.getLogger(__name__)
@@ -63,20 +63,33 @@ def _protocol_text(protocol: dict[str, Any], sampling_only: bool = False) -> str
     return ", ".join(f"{name}={value}" for name, value in items)
 
 
-def eval_results_metadata(results: EvalResults, model_name: str) -> list[EvalResult]:
-    """One ``model-index`` entry per task and metric; the sampling protocol goes into the metric's args and name."""
+def _sampling(scores: Scores) -> dict[str, Any]:
+    """The protocol a task was sampled with: the file's protocol, then the task's own sampling settings."""
+    return dict(scores.results.protocol) | {k: v for k, v in scores.task.sampling.items() if k != "prompt_style"}
+
+
+def eval_results_metadata(own: EvalScores) -> list[EvalResult]:
+    """One ``model-index`` entry per task and metric of a whole benchmark; the suite, k, problem count and sampling
+    go into the metric's args, and the suite, problem count and sampling into its name."""
     entries = []
-    for task in results.tasks:
+    for scores in own.scores.values():
+        task = scores.task
+        sampling = _sampling(scores)
+        args = sampling | {"suite": scores.suite, "k": task.k, "problems": task.num_problems}
+        args = {key: value for key, value in args.items() if value is not None}
+        described = [f"{scores.suite} suite" if scores.suite else None]
+        described.append(f"{task.num_problems} problems" if task.num_problems is not None else None)
+        described.append(_protocol_text(sampling, True) or None)
         for metric, value in task.metrics.items():
-            args = dict(results.protocol) | ({"k": task.k} if task.k is not None else {})
             entries.append(
                 EvalResult(
                     task_type="text-generation",
                     task_name="Text Generation",
                     dataset_type=task.dataset or task.name,
                     dataset_name=task.name,
+                    dataset_revision=task.revision,
                     metric_type=metric,
-                    metric_name=f"{metric} ({sampling})" if (sampling := _protocol_text(args, True)) else metric,
+                    metric_name=f"{metric} ({', '.join(d for d in described if d)})",
                     metric_value=round(value, 2),
                     metric_args=args or None,
                 )
@@ -92,18 +105,59 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _eval_rows(own: EvalResults, base: EvalResults | None) -> list[dict[str, str]]:
-    base_tasks = {t.name: t for t in base.tasks} if base else {}
+def comparable(own: Scores, base: Scores | None) -> str | None:
+    """Why ``base`` cannot stand beside ``own`` in one row (another k, problem count or sampling), or None."""
+    if base is None:
+        return "not evaluated"
+    a, b = own.task, base.task
+    if a.k != b.k or a.num_problems != b.num_problems:
+        return f"k={b.k} on {b.num_problems} problems against k={a.k} on {a.num_problems}"
+    for key in set(a.sampling) & set(b.sampling):
+        if a.sampling[key] != b.sampling[key]:
+            return f"{key} {b.sampling[key]} against {a.sampling[key]}"
+    return None
+
+
+def _eval_rows(own: EvalScores, base: EvalScores | None) -> list[dict[str, str]]:
     rows = []
-    for task in own.tasks:
+    for key, scores in own.scores.items():
+        task = scores.task
+        base_scores = base.scores.get(key) if base else None
+        why = comparable(scores, base_scores)
+        if why is not None and base_scores is not None:
+            logger.warning("card: no base column for %s (suite %s): %s", task.name, scores.suite, why)
         for metric, value in task.metrics.items():
-            base_value = base_tasks[task.name].metrics.get(metric) if task.name in base_tasks else None
-            row = {"task": task.name, "metric": metric, "value": f"{value:.1f}"}
-            row["problems"] = str(task.num_problems) if task.num_problems is not None else "–"
-            row["base"] = f"{base_value:.1f}" if base_value is not None else "–"
-            row["delta"] = f"{value - base_value:+.1f}" if base_value is not None else "–"
-            rows.append(row)
+            base_value = base_scores.task.metrics.get(metric) if why is None and base_scores else None
+            rows.append(
+                {
+                    "task": task.name,
+                    "suite": scores.suite or "–",
+                    "metric": metric,
+                    "k": str(task.k) if task.k is not None else "–",
+                    "problems": str(task.num_problems) if task.num_problems is not None else "–",
+                    "value": f"{value:.1f}",
+                    "base": f"{base_value:.1f}" if base_value is not None else "–",
+                    "delta": f"{value - base_value:+.1f}" if base_value is not None else "–",
+                    "folder": scores.folder,
+                }
+            )
     return rows
+
+
+def _eval_sources(own: EvalScores, base: EvalScores | None, base_label: str | None) -> list[dict[str, str]]:
+    """One line per eval folder the table reads: whose model, which suite and tasks, with what protocol."""
+    sources: dict[str, dict[str, Any]] = {}
+    used_base = [base.scores[key] for key, scores in own.scores.items() if base and key in base.scores]
+    used_base = [entry for entry in used_base if comparable(own.scores[entry.key], entry) is None]
+    for who, entries in (("this model", own.scores.values()), (base_label or "base model", used_base)):
+        for scores in entries:
+            source = sources.setdefault(
+                scores.folder,
+                {"folder": scores.folder, "who": who, "suite": scores.suite or "–", "tasks": [], "protocol": ""},
+            )
+            source["tasks"].append(scores.task.name)
+            source["protocol"] = _protocol_text(_sampling(scores))
+    return [dict(source, tasks=", ".join(source["tasks"])) for source in sources.values()]
 
 
 def _objective_summary(objective: dict[str, Any]) -> str | None:
@@ -145,13 +199,15 @@ def _compute(train_results: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def build_context(run: RunFolder, repo_id: str | None, own: EvalResults | None, base: EvalResults | None) -> dict:
+def build_context(run: RunFolder, repo_id: str | None, own: EvalScores, base: EvalScores | None) -> dict:
     """Everything the template shows, as plain strings, lists and dicts."""
     trainer = run.config.get("trainer") or {}
     objective = run.config.get("objective") or {}
     data = run.config.get("data") or {}
     results = run.train_results
     model_id = repo_id or run.path.resolve().name
+    base_label = _base_label(run, base)
+    rows = _eval_rows(own, base) if own else []
     heldout = {
         key: f"{100 * results[key]:.1f}%"
         for key in (
@@ -165,8 +221,9 @@ def build_context(run: RunFolder, repo_id: str | None, own: EvalResults | None, 
     sampled = results.get("heldout_sampled_protocol")
     sampled = sampled if isinstance(sampled, dict) else {}
     versions = dict(results.get("versions") or {})
-    for name, version in (own.versions if own else {}).items():
-        versions.setdefault(name, version)
+    for scores in own.scores.values():
+        for name, version in scores.results.versions.items():
+            versions.setdefault(name, version)
     versions.setdefault("archer-rlvr", archer.__version__)
     return {
         "model_id": model_id,
@@ -191,11 +248,11 @@ def build_context(run: RunFolder, repo_id: str | None, own: EvalResults | None, 
         "heldout_examples": data.get("heldout_examples"),
         "heldout_sampling": _protocol_text({k: v for k, v in sampled.items() if k in SAMPLING_KEYS}, True),
         "heldout_k": sampled.get("k"),
-        "base_label": "SFT warm start" if run.is_tiny else (base.model if base else None),
-        "eval": own,
-        "eval_rows": _eval_rows(own, base) if own else [],
-        "base_eval": base,
-        "protocol": _protocol_text(own.protocol) if own else "",
+        "base_label": base_label,
+        "eval_rows": rows,
+        "base_eval": any(row["base"] != "–" for row in rows),
+        "eval_sources": _eval_sources(own, base, base_label) if own else [],
+        "eval_skipped": sorted({line.split(" ", 1)[0] for line in own.skipped}),
         "plots": run.plots,
         "compute": _compute(results),
         "versions": versions,
@@ -205,6 +262,13 @@ def build_context(run: RunFolder, repo_id: str | None, own: EvalResults | None, 
         "example_prompt": "Compute 26+10-17." if "arithmetic" in run.datasets else _example_prompt(run.rewards),
         "archer_version": archer.__version__,
     }
+
+
+def _base_label(run: RunFolder, base: EvalScores | None) -> str | None:
+    if run.is_tiny:
+        return "SFT warm start"
+    models = {scores.results.model for scores in (base.scores.values() if base else ())}
+    return next(iter(models)) if len(models) == 1 else None
 
 
 def _trainer_rows(trainer: dict[str, Any], has_objective: bool) -> list[tuple[str, str]]:
@@ -243,7 +307,7 @@ def _example_prompt(rewards: list[str]) -> str:
     return "What is the sum of the first 100 positive odd integers? Put the final answer in \\\\boxed{}."
 
 
-def card_data(run: RunFolder, repo_id: str | None, own: EvalResults | None) -> ModelCardData:
+def card_data(run: RunFolder, repo_id: str | None, own: EvalScores | None) -> ModelCardData:
     model_name = (repo_id or run.path.resolve().name).split("/")[-1]
     hub_datasets = [d for d in run.datasets if d.count("/") == 1 and not Path(d).exists()]
     tags = TAGS + (["tiny"] if run.is_tiny else [])
@@ -254,8 +318,8 @@ def card_data(run: RunFolder, repo_id: str | None, own: EvalResults | None) -> M
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags,
-        model_name=model_name if own and own.tasks else None,
-        eval_results=eval_results_metadata(own, model_name) if own and own.tasks else None,
+        model_name=model_name if own else None,
+        eval_results=eval_results_metadata(own) if own else None,
     )
 
 
@@ -266,12 +330,21 @@ def render_card(
     base_results: str | os.PathLike | None = None,
     template: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The model card of a run folder (nothing written). ``base_results``: the base model's eval results JSON."""
+    """The model card of a run folder (nothing written). ``base_results``: the base model's eval results JSON.
+
+    Only whole benchmarks are reported: a task evaluated on part of its problems (``archer eval --limit``, a suite's
+    ``limit``) is left out of the table and the model-index, and a base-model number stands beside the model's only
+    when both were evaluated with the same k, problem count and sampling.
+    """
     run = load_run(run_dir)
-    own, found_base = find_eval_results(run.path, run.base_model)
-    if found_base is None and run.is_tiny:  # the tiny model's base is its SFT warm start, evaluated in sft/eval/
-        found_base = find_eval_results(run.path / "sft", None)[0]
-    base = read_eval_results(base_results) if base_results is not None else found_base
+    own, base = find_eval_results(run.path, run.base_model)
+    if not base and run.is_tiny:  # the tiny model's base is its SFT warm start, evaluated in sft/eval/
+        base = find_eval_results(run.path / "sft", None, root=run.path)[0]
+    if base_results is not None:
+        base = EvalScores()
+        base.add(read_eval_results(base_results), str(base_results))
+    for line in own.skipped:
+        logger.warning("card: leaving out %s", line)
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():
         raise UserError(f"model card template {template} not found (pass --template FILE)")

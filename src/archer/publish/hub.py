@@ -28,6 +28,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from archer.errors import UserError
+from archer.files import atomic_write_text
+from archer.network import check_endpoint, network_errors
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,14 @@ RUN_TOP_LEVEL = (
     "recipe.yaml",
     "metrics.jsonl",
 )
-RUN_SUBFOLDERS = ("plots/*.png", "plots/*.svg", "plots/*.pdf", "eval/*/results.json", "eval/*/results.md")
+RUN_SUBFOLDERS = (
+    "plots/*.png",
+    "plots/*.svg",
+    "plots/*.pdf",
+    "eval/*/results.json",
+    "eval/*/results.md",
+    "runs/*/events.out.tfevents.*",  # TensorBoard logs (report_to: tensorboard): the Hub shows them as metrics
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,7 @@ def push_files(
         raise UserError(f"{folder}: nothing to push (no file passes the allow / deny patterns of archer.publish.hub)")
     api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
-    with _hub_errors(api, repo_id):
+    with network_errors(f"push to {repo_id}", repo_id, url=endpoint), _hub_errors(api, repo_id):
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -196,27 +205,40 @@ def push_run(
     endpoint: str | None = None,
     base_results: str | os.PathLike | None = None,
 ) -> PushResult:
-    """Render the run's model card, then push the model, tokenizer, card, configs, metrics and plots."""
-    from archer.publish.card import write_card  # the card pulls in jinja2 and the eval reader: only when pushing a run
+    """Render the run's model card, then push the model, tokenizer, card, configs, metrics and plots.
+
+    Nothing in the run folder changes until the push has succeeded: the card is rendered into a staging folder
+    (hard links to the run's files beside it, removed afterwards) and written to ``<run>/README.md`` only then.
+    One request with a short timeout checks the endpoint and the token first, so an unreachable Hub fails at once.
+    """
+    from archer.publish.card import render_card  # the card pulls in jinja2 and the eval reader: only when pushing
 
     run_dir = Path(run_dir)
     check_repo_id(repo_id)
     token = resolve_token(token)  # fail before writing anything
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir}: no model to push (config.json missing); MODEL must be a finished run folder")
-    write_card(run_dir, repo_id=repo_id, base_results=base_results)
-    files = select_run_files(run_dir)
+    card = str(render_card(run_dir, repo_id=repo_id, base_results=base_results))
+    check_endpoint(f"push to {repo_id}", repo_id, token=token, url=endpoint)
+    files = sorted({*select_run_files(run_dir), "README.md"})
     logger.info("pushing %d files of %s to %s", len(files), run_dir, repo_id)
-    return push_files(
-        run_dir,
-        repo_id,
-        files,
-        revision=revision,
-        private=private,
-        token=token,
-        endpoint=endpoint,
-        commit_message=f"Upload {run_dir.name} with archer",
-    )
+    staging = _stage(run_dir, [name for name in files if name != "README.md"])
+    try:
+        (staging / "README.md").write_text(card, encoding="utf-8")  # a new file, never a link to the run's card
+        result = push_files(
+            staging,
+            repo_id,
+            files,
+            revision=revision,
+            private=private,
+            token=token,
+            endpoint=endpoint,
+            commit_message=f"Upload {run_dir.name} with archer",
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_text(run_dir / "README.md", card)  # the local card is the published one
+    return result
 
 
 class CheckpointPusher(TrainerCallback):
@@ -303,7 +325,8 @@ class CheckpointPusher(TrainerCallback):
 
 
 def _stage(checkpoint: Path, files: list[str]) -> Path:
-    """Hard-link (copy where links fail) ``files`` of ``checkpoint`` into a hidden sibling folder of it."""
+    """Hard-link (copy where links fail) ``files`` of ``checkpoint`` (or a run folder) into a hidden sibling folder
+    of it."""
     staging = Path(tempfile.mkdtemp(prefix=f".archer-push-{checkpoint.name}-", dir=checkpoint.parent))
     for relative in files:
         target = staging / relative

@@ -32,6 +32,10 @@ class TaskScores:
     k: int | None = None
     num_problems: int | None = None
     dataset: str | None = None  # Hub id of the benchmark's dataset, when the results name it
+    revision: str | None = None  # the dataset's Hub commit, when pinned
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, max_new_tokens, prompt_style
+    limited: bool | None = None  # a limit left problems out (True), or not (False); None: the file does not say
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,19 @@ class EvalResults:
     protocol: dict[str, Any]
     tasks: list[TaskScores]
     versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int | None = None  # archer's results.json; None for another tool's file
+    limit: int | None = None  # --limit
+
+
+SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "prompt_style")
 
 
 def read_eval_results(path: str | os.PathLike) -> EvalResults:
     """Read an eval results JSON, tolerating schema drift: the only place that knows its layout.
 
     Expected: ``{"model", "suite", "protocol": {...}, "tasks": {name: {"metrics": {"avg@k": float, ...}, "k",
-    "num_problems", ...}}, "versions": {...}}``. ``tasks`` may also be a list of objects with a ``name`` (or
-    ``task``), and a task's metrics may sit at its top level; non-numeric values are skipped.
+    "num_problems", "limited", ...}}, "versions": {...}}``. ``tasks`` may also be a list of objects with a ``name``
+    (or ``task``), and a task's metrics may sit at its top level; non-numeric values are skipped.
     """
     path = Path(path)
     try:
@@ -71,10 +80,13 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
         metrics = {
             str(key): number
             for key, value in source.items()
-            if key not in ("k", "n", "num_problems", "num_samples") and (number := _metric_value(value)) is not None
+            if key not in ("k", "n", "num_problems", "num_samples", "limit", *SAMPLING_FIELDS)
+            and (number := _metric_value(value)) is not None
         }
         if metrics:
             dataset = entry.get("dataset") or entry.get("hf_repo") or entry.get("dataset_id")
+            revision = entry.get("revision")
+            limited = entry.get("limited")
             tasks.append(
                 TaskScores(
                     name=str(name),
@@ -82,6 +94,10 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
                     k=_int_or_none(entry.get("k") or entry.get("n")),
                     num_problems=_int_or_none(entry.get("num_problems")),
                     dataset=dataset if isinstance(dataset, str) else None,
+                    revision=revision if isinstance(revision, str) else None,
+                    sampling={k: entry[k] for k in SAMPLING_FIELDS if isinstance(entry.get(k), str | int | float)},
+                    limited=limited if isinstance(limited, bool) else None,
+                    limit=_int_or_none(entry.get("limit")),
                 )
             )
     protocol = raw["protocol"] if isinstance(raw.get("protocol"), dict) else {}
@@ -94,6 +110,8 @@ def read_eval_results(path: str | os.PathLike) -> EvalResults:
         protocol={k: v for k, v in protocol.items() if isinstance(v, str | int | float | bool)},
         tasks=tasks,
         versions={str(k): str(v) for k, v in versions.items() if v is not None},
+        schema_version=_int_or_none(raw.get("schema_version")),
+        limit=_int_or_none(raw.get("limit")),
     )
 
 
@@ -110,23 +128,83 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def find_eval_results(run_dir: Path, base_model: str | None) -> tuple[EvalResults | None, EvalResults | None]:
-    """The newest results of the run's model and of its base model among ``<run>/eval/*/results.json``.
+def not_whole(results: EvalResults, task: TaskScores) -> str | None:
+    """Why a task's scores are not those of its whole benchmark (a card leaves them out), or None when they are.
 
-    A results file whose ``model`` names the base model counts as the base's; every other one as the run's.
-    Folder names are timestamps, so the last in sorted order is the newest.
+    archer eval records whether a limit (``--limit`` or the suite's ``limit``) left problems out; its results files
+    of schema 1 did not, so they cannot show it. Another tool's file is taken as whole unless it names a limit.
     """
-    own = base = None
+    if results.schema_version == 1:
+        return "written before archer eval recorded --limit (schema 1): re-run archer eval to report it"
+    if task.limited or (task.limited is None and (task.limit is not None or results.limit is not None)):
+        limit = task.limit or results.limit
+        return f"limited to {limit} problems (--limit or the suite's limit): a smoke run"
+    return None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One task's scores from one evaluation, and the eval folder they came from."""
+
+    task: TaskScores
+    results: EvalResults
+    folder: str  # the eval folder relative to the run folder (eval/<timestamp>), or the results file given
+
+    @property
+    def suite(self) -> str | None:
+        return self.results.suite
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.suite or "", self.task.name)
+
+
+@dataclass
+class EvalScores:
+    """The newest whole-benchmark scores of each (suite, task), and the evaluations left out (and why)."""
+
+    scores: dict[tuple[str, str], Scores] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "<folder> <task>: <why>"
+
+    def add(self, results: EvalResults, folder: str) -> None:
+        for task in results.tasks:
+            reason = not_whole(results, task)
+            if reason is not None:
+                self.skipped.append(f"{folder} {task.name}: {reason}")
+                continue
+            entry = Scores(task, results, folder)
+            self.scores[entry.key] = entry  # files come oldest first: the newest whole one wins
+
+    def __bool__(self) -> bool:
+        return bool(self.scores)
+
+
+def _folder(path: Path, root: Path) -> str:
+    try:
+        return path.parent.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def find_eval_results(
+    run_dir: Path, base_model: str | None, root: Path | None = None
+) -> tuple[EvalScores, EvalScores]:
+    """The run's model's and its base model's whole-benchmark scores among ``<run>/eval/*/results.json``.
+
+    A results file whose ``model`` names the base model counts as the base's; every other one as the run's. Folder
+    names are timestamps, so sorted order is oldest first and the newest evaluation of a task wins. ``root``: the
+    folder the eval folders are named relative to (default ``run_dir``).
+    """
+    root = run_dir if root is None else root
+    own, base = EvalScores(), EvalScores()
     for path in sorted((run_dir / "eval").glob("*/results.json")):
         try:
             results = read_eval_results(path)
         except UserError as err:
             logger.warning("skipping %s", err)
             continue
-        if base_model is not None and results.model == base_model:
-            base = results
-        else:
-            own = results
+        target = base if base_model is not None and results.model == base_model else own
+        target.add(results, _folder(path, root))
     return own, base
 
 

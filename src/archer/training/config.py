@@ -58,12 +58,23 @@ def trainer_block_problem(block: dict[str, Any]) -> str | None:
             return objective_owned_key_error(key)
         if key in ("objective", "objective_overrides"):
             return f"trainer.{key}: set the objective in the 'objective:' block (preset and overrides)"
+        if key in DEPRECATED_NAMES:
+            return (
+                f"trainer.{key}: deprecated in transformers 5 (removed in v6); write trainer.{DEPRECATED_NAMES[key]}"
+            )
     if "responses_per_step" in block and "gradient_accumulation_steps" in block:
         return (
             "trainer: set responses_per_step or gradient_accumulation_steps, not both (the accumulation is derived "
             "from responses_per_step and the process count at launch)"
         )
     return None
+
+
+# transformers 5 renamed these; its TrainingArguments warns (FutureWarning) whenever the old name carries a value.
+DEPRECATED_NAMES = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
 
 
 @dataclass
@@ -139,6 +150,9 @@ class ArcherConfig(GRPOConfig):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         batch = self._resolve_batch(world, given_accumulation, self.steps_per_generation)
         self.generation_batch_size, self.steps_per_generation = batch.generation_batch_size, None
+        for old, new in DEPRECATED_NAMES.items():  # TRL's default (gradient_checkpointing=True) under its new name
+            if getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
         super().__post_init__()
         if self.world_size != world:
             batch = self._resolve_batch(self.world_size, given_accumulation, None)

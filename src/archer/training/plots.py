@@ -9,6 +9,8 @@ from archer.files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
+# One Trainer step (the "step" of metrics.jsonl) is one rollout, which makes several optimizer steps or none.
+X_LABEL = "rollout (trainer step)"
 # file name -> (title, [(metrics key, legend label)])
 PLOTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "reward.png": ("Reward (mean over responses)", [("reward", "reward")]),
@@ -59,7 +61,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                 drawn = True
         if drawn:
             ax.set_title(title)
-            ax.set_xlabel("optimizer step")
+            ax.set_xlabel(X_LABEL)
             ax.grid(alpha=0.3)
             if len(series) > 1:
                 ax.legend(fontsize=8)

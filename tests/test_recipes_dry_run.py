@@ -101,7 +101,8 @@ def test_paper_dry_run_shows_the_reference_batch_precision_and_no_is_correction(
         assert "a step whose gradient norm is not finite is skipped" in text
         assert "stops after 20 rollouts in a row without one" in text
         if "code" in path.stem:  # the authors' training file and their code reward's limits and rule
-            assert "data: wizardII/ArcherCodeR-Dataset, file train/archercoder-1.5b-train.json (loader verl" in text
+            assert "\ndata: wizardII/ArcherCodeR-Dataset\n" in text
+            assert "data settings: file train/archercoder-1.5b-train.json, loader verl" in text
             assert "prompts <= 2048 tokens" in text
             assert (
                 "code reward: at most 16 random tests per stdin/stdout problem (functional problems: all), 30 s per "
@@ -225,7 +226,11 @@ def _slurm(tmp_path: Path, nodes: list[str], extra_env: dict[str, str], *args: s
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
         {"config.json": next(config).read_bytes()},
     )
-    for dataset in ("agentica-org/DeepScaleR-Preview-Dataset", "agentica-org/DeepCoder-Preview-Dataset"):
+    for dataset in (
+        "agentica-org/DeepScaleR-Preview-Dataset",
+        "agentica-org/DeepCoder-Preview-Dataset",
+        "wizardII/ArcherCodeR-Dataset",
+    ):
         seed_cache(tmp_path / "hf" / "hub", dataset, {"README.md": b"x"}, "dataset")
     env["PYTHONPATH"] = str(ROOT / "src")
     return subprocess.run(

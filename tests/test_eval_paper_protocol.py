@@ -199,7 +199,7 @@ def fake_run(tmp_path, monkeypatch):
         ["So 3 + r = 5 + r - 2.\n</think>\nAdd \\boxed{2}.", "It might be \\boxed{2}, but wait"],  # amc23 row 0
         ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # olympiadbench row 0
     ]
-    monkeypatch.setattr(runner, "select_backend", lambda requested, base_url=None: "transformers")
+    monkeypatch.setattr(runner, "select_backend", lambda *args, **kwargs: "transformers")
     monkeypatch.setattr(runner, "load_backend", lambda *a: FakeBackend(tokenizer, completions))
 
     def run(close: str) -> tuple[dict, Path, list]:

@@ -178,8 +178,13 @@ def build_engine(
     (vLLM refuses it while building), or anything that fails in the first step (a one-token warm-up runs here, so
     kernel failures surface now rather than mid-suite). A failed engine is shut down before the error is raised.
     """
-    check_model(model)
-    args = engine_arguments(model, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_length, seed)
+    try:
+        check_model(model)
+        args = engine_arguments(model, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_length, seed)
+    except EngineError:
+        raise
+    except Exception as err:  # its config.json: unreadable, or a model type transformers does not know
+        raise EngineError(f"cannot read its config ({error_reason(err)})") from err
     engine = None
     try:
         with contextlib.nullcontext() if on_gpu() else _in_process_engine():

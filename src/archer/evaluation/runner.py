@@ -240,16 +240,9 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     started, t0 = datetime.now(UTC), time.perf_counter()
     model = resolve_model(request.model, request.runs_root)
     suite = load_suite(request.suite)
-    base_url = request.backend_options.base_url
-    backend_name = None
-    if request.backend != "auto" or base_url is not None:  # flag mistakes first, before any data is loaded
-        backend_name = select_backend(request.backend, base_url)
-        check_options(backend_name, request.backend_options)
+    backend_name = select_backend(request.backend, request.backend_options.base_url)
+    check_options(backend_name, request.backend_options)
     prepared = _prepare(suite, request, model)
-    if backend_name is None:  # auto without a server: the job decides (vLLM on GPUs; on CPU by model and length)
-        longest = max((task.spec.max_new_tokens for task in prepared), default=0)
-        backend_name = select_backend("auto", None, model.name_or_path, longest)
-        check_options(backend_name, request.backend_options)
     options = replace(request.backend_options, seed=suite.seed)
     out_dir = output_dir_for(model, suite, request, started)
     logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)

@@ -5,9 +5,8 @@
   engine process per GPU group for data parallelism (``vllm.py``; every vLLM call lives in ``vllm_engine.py``).
 - ``openai``: any OpenAI-compatible server's ``/v1/completions`` (``vllm serve``, SGLang, TGI; ``openai.py``).
 
-``auto`` (``select_backend``) takes the server when ``--base-url`` is given, vLLM when a GPU is visible, and on CPU
-the backend measured faster for the job: transformers, except for a model of 50M+ parameters asked for 256+ new
-tokens, where vLLM's CPU engine wins (``CPU_VLLM_MIN_PARAMETERS``, ``CPU_VLLM_MIN_NEW_TOKENS``).
+``auto`` (``select_backend``) takes the server when ``--base-url`` is given, vLLM when a GPU is visible, else
+transformers, which was faster on CPU for every job measured (``vllm_available`` gives the numbers).
 
 All take the same token ids (the runner formats prompts once) and return k completions per prompt, decoded without
 special tokens as TRL decodes them during training. lighteval provides the tasks and metrics, never the decoding.
@@ -37,18 +36,6 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-# vLLM's CPU attention kernels' head sizes (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.30): a model with another
-# one builds an engine that fails at its first step.
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-# ``auto`` on CPU picks vLLM's CPU engine only for jobs like the one it was measured faster on (bench/bench_rollout.py,
-# bench/bench_eval.py, side by side with transformers' generate, float32, 2-core x86): a model of at least 50M
-# parameters asked for at least 256 new tokens (63M parameters, 256 tokens: vLLM 0.88x transformers' time).
-# Below that transformers is faster: 63M with 64 tokens 1.6x, the 0.13M tiny model 1.15-2.4x, plus 10-20 s of
-# vLLM start-up (import, engine, shutdown) that no number of problems or samples wins back there.
-CPU_VLLM_MIN_PARAMETERS = 50_000_000
-CPU_VLLM_MIN_NEW_TOKENS = 256
-
-
 def gpu_visible() -> bool:
     import torch
 
@@ -56,35 +43,21 @@ def gpu_visible() -> bool:
 
 
 def vllm_available() -> bool:
-    """vLLM installed and a GPU visible: what ``auto`` picks vLLM on whatever the job."""
+    """What ``auto`` picks vLLM on: vLLM installed and a GPU visible.
+
+    On CPU ``auto`` keeps transformers whatever the job: measured side by side (``make bench``: bench_rollout.py,
+    bench_eval.py; float32, one thread, a shared 2-core x86 machine), vLLM's CPU engine took 2.4x transformers'
+    time for the 0.13M tiny model (1.1-1.3x on the tiny suite through the backends), and for a 63M-parameter Qwen2
+    0.6x-1.6x across five runs at 64 and 256 new tokens, with no consistent winner, while its import, engine
+    build and shutdown add 10-27 s that transformers does not pay. No number of problems or samples made it
+    reliably faster there. ``--backend vllm`` runs it on CPU when asked (what CI tests the vLLM path with).
+    """
     return vllm_installed() and gpu_visible()
 
 
-def cpu_prefers_vllm(model: str, max_new_tokens: int) -> tuple[bool, str]:
-    """Whether vLLM's CPU engine is the faster backend for this job (see ``CPU_VLLM_MIN_*``), and why."""
-    from archer.planning.model_shape import load_model_shape
-
-    try:
-        shape = load_model_shape(model)
-    except (UserError, OSError, ValueError) as err:
-        return False, f"model shape unknown ({err})"
-    if shape.head_dim not in VLLM_CPU_HEAD_SIZES:
-        return False, f"head size {shape.head_dim} is not one vLLM's CPU kernels support"
-    millions = shape.num_parameters / 1e6
-    if shape.num_parameters < CPU_VLLM_MIN_PARAMETERS or max_new_tokens < CPU_VLLM_MIN_NEW_TOKENS:
-        return False, (
-            f"{millions:.1f}M parameters, {max_new_tokens} new tokens: transformers is faster on CPU below "
-            f"{CPU_VLLM_MIN_PARAMETERS / 1e6:.0f}M parameters or {CPU_VLLM_MIN_NEW_TOKENS} new tokens"
-        )
-    return True, f"{millions:.1f}M parameters, {max_new_tokens} new tokens: vLLM's CPU engine is faster"
-
-
-def select_backend(
-    requested: str = "auto", base_url: str | None = None, model: str | None = None, max_new_tokens: int = 0
-) -> str:
-    """``auto``: the server when ``--base-url`` is given; else vLLM when installed and a GPU is visible, or on CPU
-    for a job it is faster on (``cpu_prefers_vllm``: the model and the longest task's ``max_new_tokens``); else
-    transformers. The choice and its reason are logged."""
+def select_backend(requested: str = "auto", base_url: str | None = None) -> str:
+    """``auto``: the server when ``--base-url`` is given, else vLLM when installed and a GPU is visible, else
+    transformers (faster on CPU: see ``vllm_available``). The choice and its reason are logged."""
     if requested not in BACKENDS:
         raise UserError(f"--backend {requested!r}: valid: {', '.join(BACKENDS)}")
     if base_url is not None and requested not in ("auto", "openai"):
@@ -100,15 +73,11 @@ def select_backend(
         return requested
     if base_url is not None:
         choice, why = "openai", "--base-url given"
-    elif not vllm_installed():
-        choice, why = "transformers", "vLLM is not installed"
-    elif gpu_visible():
+    elif vllm_available():
         choice, why = "vllm", "a GPU is visible"
-    elif model is None:
-        choice, why = "transformers", "CPU"
     else:
-        faster, why = cpu_prefers_vllm(model, max_new_tokens)
-        choice = "vllm" if faster else "transformers"
+        why = "vLLM is not installed" if not vllm_installed() else "no GPU: transformers is faster on CPU"
+        choice = "transformers"
     logger.info("--backend auto: %s (%s)", choice, why)
     return choice
 

@@ -34,8 +34,8 @@ import torch
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
-from archer.evaluation.backends import VLLM_CPU_HEAD_SIZES as CPU_HEAD_SIZES
-
+# the CPU attention kernels' head sizes (vllm/v1/attention/backends/cpu_attn.py); others fail at the first step
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 CPU_MAX_SEQS = 256  # vLLM's max_num_seqs for LLM on CPU: the KV cache holds that many full contexts
 CPU_KV_CACHE_CAP = 2 << 30
 

@@ -21,7 +21,6 @@ REVISION ?=
 PRIVATE ?=
 ARGS ?=
 PYTEST_ARGS ?=
-WHEEL_CACHE ?=
 WHEELS ?=
 RECIPES ?=
 SEEDS ?= 5
@@ -112,8 +111,8 @@ typecheck: $(STAMP) ## type check src/ (mypy; settings in pyproject.toml)
 gpu-proof: ## the GPU proof (bench/gpu/): WHEELS=<folder> first installs what a bare GPU machine lacks; CPU form without GPU
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu/run.sh $(or $(WHEELS),-) $(ARGS)
 
-api-check: $(STAMP) ## check our (and TRL's) calls into vLLM 0.30 (its wheel, read not installed) and lighteval
-	$(BIN)/python -m tools.api_check $(if $(WHEEL_CACHE),--cache-dir $(WHEEL_CACHE))
+api-check: $(VLLM_STAMP) ## what CPU runs cannot reach: the GPU wheel's pins and sources, TRL's (server-mode) vLLM calls, lighteval
+	$(BIN)/python -m tools.api_check
 
 style: $(STAMP) ## fix lint and formatting
 	$(BIN)/ruff check --fix src tests bench eval metrics tools

@@ -1,9 +1,15 @@
-"""Cost of `archer eval` on the tiny suite (CPU): problems/s of our runner against plain transformers generate.
+"""Cost of `archer eval` on the tiny suite (CPU): our runner against plain transformers generate, and the backends.
 
-Both decode the same held-out arithmetic problems with the same model, batch size, seed and sampling protocol
-(the tiny suite's), timed alternately in this process after a warm-up of both, compared by medians. Ours is the
-runner's path (prompt encoding, the transformers backend, grading with the training reward); the reference is a
-bare ``model.generate`` loop with no grading. Rows (see bench/run.py for the contract):
+Rows 1-2: the runner's path (prompt encoding, the transformers backend, grading with the training reward) against a
+bare ``model.generate`` loop with no grading: the same held-out arithmetic problems, model, batch size, seed and
+sampling protocol (the tiny suite's), timed alternately in this process after a warm-up of both, medians.
+
+Rows 3-4: ``--backend vllm`` (vLLM's CPU engine in this process, archer's CPU defaults) against
+``--backend transformers`` (batch size 16) on the same problems: generation alone with both warm, then a whole
+run's decoding cost from a fresh start (vLLM: import + engine build + generate + shutdown; transformers: load +
+generate). The model has heads of 32 (vLLM's CPU kernels need >= 32) and, outside ``--quick``, a short SFT warm
+start so that completions end at EOS at different lengths, as a trained model's do. Torch runs one intra-op thread
+on both sides (vLLM's CPU engine runs in this process and shares it).
 
     .venv/bin/python bench/bench_eval.py [--quick]
 """
@@ -12,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +37,15 @@ from archer.evaluation.suite import load_suite  # noqa: E402
 logger = logging.getLogger("bench_eval")
 
 
-def _tiny_model(path: Path) -> None:
+def _tiny_model(path: Path, sft_steps: int = 0) -> None:
     from archer import tiny
+    from archer.data.arithmetic import ArithmeticTask
 
     tokenizer = tiny.build_tokenizer()
-    tiny.build_model(tokenizer, tiny.TinyModelConfig(), seed=0).save_pretrained(path)
+    model = tiny.build_model(tokenizer, tiny.TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1), seed=0)
+    if sft_steps:
+        tiny.run_sft(model, tokenizer, ArithmeticTask(), tiny.SFTConfig(steps=sft_steps, warmup_steps=0))
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
@@ -62,16 +74,21 @@ def _reference(backend: TransformersBackend, ids: list[list[int]], sampling: Sam
 
 
 def run(quick: bool = False) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)  # one intra-op thread on both sides: on a busy shared machine, less noise
     suite = load_suite(ROOT / "eval" / "suites" / "tiny.yaml")
     (spec,) = suite.tasks
     n, repeats = (4, 1) if quick else (16, 3)
+    n_backends = 4 if quick else 256  # rows 3-4: a tiny-suite-sized job (the suite has 500 problems)
     sampling = Sampling(2 if quick else spec.k, spec.temperature, spec.top_p, 8 if quick else spec.max_new_tokens)
     config = {c.name: c for c in load_task_module(suite.module).TASKS_TABLE}[spec.task]
-    rows = load_task_module(suite.module).LOCAL_DATASETS[spec.task](None)[:n]
-    docs = [config.prompt_function(row, config.name) for row in rows]
+    rows = load_task_module(suite.module).LOCAL_DATASETS[spec.task](None)[: max(n, n_backends)]
+    all_docs = [config.prompt_function(row, config.name) for row in rows]
+    docs = all_docs[:n]
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-        _tiny_model(Path(tmp))
+        _tiny_model(Path(tmp), sft_steps=0 if quick else 400)
         backend = TransformersBackend(tmp, BackendOptions(batch_size=16, seed=suite.seed))
         split = {"generate": [], "grade": []}
 
@@ -97,6 +114,8 @@ def run(quick: bool = False) -> list[dict]:
             start = time.perf_counter()
             _reference(backend, ids, sampling, suite.seed)
             ref_s.append(time.perf_counter() - start)
+        backend_ids = encode_prompts(backend.tokenizer, [d.query for d in all_docs], spec.prompt_style)[1]
+        backend_rows = _backends(tmp, backend_ids, sampling, suite.seed, repeats)
 
     ours_t, ref_t = statistics.median(ours_s), statistics.median(ref_s)
     gen_t = statistics.median(split["generate"][1:])
@@ -118,6 +137,79 @@ def run(quick: bool = False) -> list[dict]:
             "ratio": ours_t / ref_t,
             "target": "<= 1.3x",
             "note": note,
+        },
+        *backend_rows,
+    ]
+
+
+def fresh_vllm_import_s() -> float:
+    """What importing vLLM (archer's engine module) adds to a fresh process that has already imported transformers
+    (as ``archer eval`` always has): measured in a subprocess, so the order of the benches does not matter."""
+    code = (
+        "import time, torch, transformers; t = time.perf_counter(); "
+        "from archer.evaluation.backends import vllm_engine; print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _backends(model: str, ids: list[list[int]], sampling: Sampling, seed: int, repeats: int) -> list:
+    """``--backend vllm`` vs ``--backend transformers``: warm generation, then a run's decoding from a fresh start."""
+    from archer.evaluation.backends.vllm import VLLMBackend
+
+    vllm_import = fresh_vllm_import_s()
+    t0 = time.perf_counter()
+    vllm_backend = VLLMBackend(model, BackendOptions(seed=seed))
+    vllm_start = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hf_backend = TransformersBackend(model, BackendOptions(batch_size=16, seed=seed))
+    hf_start = time.perf_counter() - t0
+    n = len(ids)
+    times: dict[str, list[float]] = {"vllm": [], "transformers": []}
+    samples: dict[str, list[list[str]]] = {}
+    try:
+        for backend in (vllm_backend, hf_backend):  # warm-up
+            samples[backend.name] = backend.generate(ids, sampling, desc="warm-up")
+        for _ in range(repeats):
+            for backend in (vllm_backend, hf_backend):
+                t0 = time.perf_counter()
+                backend.generate(ids, sampling, desc="bench")
+                times[backend.name].append(time.perf_counter() - t0)
+    finally:
+        t0 = time.perf_counter()
+        vllm_backend.close()
+        vllm_stop = time.perf_counter() - t0
+    v, h = statistics.median(times["vllm"]), statistics.median(times["transformers"])
+    mean_len = {
+        name: statistics.mean(len(hf_backend.tokenizer(t)["input_ids"]) for g in out for t in g)
+        for name, out in samples.items()
+    }
+    protocol = f"{n} problems x k={sampling.k}, <= {sampling.max_new_tokens} new tokens, T {sampling.temperature}"
+    cold_v = vllm_import + vllm_start + v + vllm_stop
+    cold_h = hf_start + h
+    return [
+        {
+            "figure": "tiny suite generation, warm: --backend vllm (CPU engine) vs --backend transformers",
+            "ours": f"{n / v:.2f} problems/s",
+            "reference": f"{n / h:.2f} problems/s",
+            "ratio": v / h,
+            "target": "report",
+            "note": (
+                f"median of {repeats}; {protocol}; float32 both; mean completion tokens vLLM "
+                f"{mean_len['vllm']:.1f}, transformers {mean_len['transformers']:.1f}"
+            ),
+        },
+        {
+            "figure": "tiny suite decoding from a fresh start: --backend vllm vs --backend transformers",
+            "ours": f"{cold_v:.1f} s",
+            "reference": f"{cold_h:.2f} s",
+            "ratio": cold_v / cold_h,
+            "target": "report",
+            "note": (
+                f"vLLM: import {vllm_import:.1f} s + engine {vllm_start:.1f} s + generate {v:.2f} s + shutdown "
+                f"{vllm_stop:.1f} s; transformers: load {hf_start:.2f} s + generate {h:.2f} s; {protocol}"
+            ),
         },
     ]
 

@@ -37,6 +37,53 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
+# A DeepSeek-R1-Distill-like BOS: the tokenizer adds it to any text encoded with special tokens, and the chat template
+# (tests/data/chat_templates/deepseek_r1_distill.jinja, from that model's) writes it too.
+BOS = "<｜begin▁of▁sentence｜>"
+R1_TEMPLATE = ROOT / "tests" / "data" / "chat_templates" / "deepseek_r1_distill.jinja"
+# the task the vLLM test model is warm-started on: a + b and a - b with a, b <= 9 (200 problems, 64 held out)
+VLLM_TASK = {"max_operand": 9, "max_terms": 2, "heldout_size": 64}
+
+
+def r1_like_tokenizer(task=None):
+    """The tiny tokenizer with DeepSeek-R1-Distill's BOS handling: a BOS special token that the post-processor
+    prepends (``tokenizer(text)``) and the chat template writes (``apply_chat_template``)."""
+    from tokenizers import processors
+
+    from archer import tiny
+
+    tokenizer = tiny.build_tokenizer(task=task)
+    tokenizer.add_special_tokens({"bos_token": BOS})
+    bos = tokenizer.convert_tokens_to_ids(BOS)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, bos)]
+    )
+    tokenizer.chat_template = R1_TEMPLATE.read_text()
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    """A run folder that vLLM's CPU build serves: the tiny Qwen2 with heads of 32 (vLLM's CPU attention needs >= 32;
+    hidden 64, 2 heads, 1 KV head), the R1-like BOS tokenizer, and 300 SFT steps on ``VLLM_TASK`` (about 30 s on
+    one core), after which sampling at T 0.8 solves about a fifth of the held-out problems, most of them sometimes:
+    sampled metrics are far from 0 and 1. ``config.yaml`` names the task, so `archer eval`'s arithmetic task
+    rebuilds its 64 held-out problems. Built once per test session."""
+    from archer import tiny
+    from archer.data.arithmetic import ArithmeticTask
+
+    folder = tmp_path_factory.mktemp("vllm-model")
+    task = ArithmeticTask(**VLLM_TASK)
+    tokenizer = r1_like_tokenizer(task)
+    model = tiny.build_model(tokenizer, tiny.TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1), seed=0)
+    tiny.run_sft(model, tokenizer, task, tiny.SFTConfig(steps=300, warmup_steps=0, log_every=1000))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = ", ".join(f"{key}: {value}" for key, value in VLLM_TASK.items())
+    (folder / "config.yaml").write_text(f"data:\n  task: {{{settings}}}\n  heldout_examples: 64\n")
+    return folder
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """The test's tmp_path, made the working directory for the test."""

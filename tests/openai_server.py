@@ -1,6 +1,8 @@
-"""A small OpenAI-compatible completions server on 127.0.0.1, serving a local model with transformers (tests only).
+"""A stand-in OpenAI-compatible completions server on 127.0.0.1, serving a local model with transformers (tests only).
 
-It speaks the part of vLLM's OpenAI-compatible API that ``archer eval --backend openai`` uses:
+Only for what vLLM's real server (tests/vllm_server.py, which the other tests of ``--backend openai`` run against)
+cannot be made to do on demand: answer 500 a given number of times or always, and answer later than the client's
+timeout. It speaks the part of vLLM's OpenAI-compatible API that ``archer eval --backend openai`` uses:
 
 - ``GET /v1/models``: one model card (``id``, ``object``, ``created``, ``owned_by``, ``root``, ``max_model_len``);
 - ``POST /v1/completions``: ``prompt`` as text, a list of texts, token ids or a list of token-id lists; ``n``,
@@ -14,7 +16,8 @@ It speaks the part of vLLM's OpenAI-compatible API that ``archer eval --backend 
   wording), 400 for a malformed body.
 
 Failure modes for tests: ``fail_first=N`` answers the first N completion requests with 500, ``fail_always=True``
-answers every one with 500 (``/v1/models`` keeps working, as on a server whose engine died). ``requests`` holds
+answers every one with 500 (``/v1/models`` keeps working, as on a server whose engine died), ``delay_s=S`` waits S
+seconds before answering a completion request. ``requests`` holds
 every completion request body, in order of arrival. Not covered: streaming, logprobs, echo, stop strings,
 chat completions, authentication, top-k / min-p / penalties, batching of concurrent requests (one at a time).
 """
@@ -40,13 +43,14 @@ class CompletionServer:
         max_model_len: int = 256,
         fail_first: int = 0,
         fail_always: bool = False,
+        delay_s: float = 0.0,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_dir = str(model_dir)
         self.served_name = served_name
         self.max_model_len = max_model_len
-        self.fail_first, self.fail_always = fail_first, fail_always
+        self.fail_first, self.fail_always, self.delay_s = fail_first, fail_always, delay_s
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).eval()
         self.requests: list[dict[str, Any]] = []
@@ -120,6 +124,7 @@ class CompletionServer:
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
     def complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        time.sleep(self.delay_s)
         with self._lock:
             self.requests.append(body)
             if self.fail_always or len(self.requests) <= self.fail_first:

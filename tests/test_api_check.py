@@ -182,36 +182,6 @@ def test_dict_spread_and_version_gates(fake_index):
     assert [(p.line, "max_tokns" in p.message and "**kwargs" in p.message) for p in problems] == [(11, True)]
 
 
-def test_cli_fails_on_planted_keyword_and_passes_clean(fake_wheel, tmp_path, capsys):
-    module = tmp_path / "src" / "archer" / "backend.py"
-    module.parent.mkdir(parents=True)
-    module.write_text(CLIENT)
-    args = ["--wheel", str(fake_wheel), "--root", str(tmp_path), "--checks", "vllm"]
-    assert api_check.main(args) == 0
-    module.write_text(CLIENT.replace("max_model_len=64", "max_model_length=64"))
-    assert api_check.main(args) == 1
-    out = capsys.readouterr().out
-    assert "src/archer/backend.py:6: LLM(max_model_length=...)" in out
-    assert "api-check: FAILED, 1 problem(s)" in out
-
-
-def test_wheel_comes_from_cache_else_pip_download_no_deps(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run(command, check):
-        calls.append(command)
-        (tmp_path / "dl" / "vllm-0.30.0-cp38-abi3-manylinux_2_28_x86_64.whl").write_bytes(b"zip")
-
-    monkeypatch.setattr(api_check.subprocess, "run", fake_run)
-    got = api_check.obtain_wheel("vllm", "0.30.0", tmp_path / "dl")
-    assert got.name.startswith("vllm-0.30.0-") and len(calls) == 1
-    command = calls[0]
-    assert command[1:5] == ["-m", "pip", "download", "--no-deps"] and "vllm==0.30.0" in command
-    assert "install" not in command
-    assert api_check.obtain_wheel("vllm", "0.30.0", tmp_path / "dl") == got and len(calls) == 1  # cached
-    assert api_check.pinned_version("vllm", ROOT / "constraints-gpu.txt") == "0.30.0"
-
-
 @pytest.mark.slow  # importing lighteval's task module takes 10-30 s on a busy 2-core machine
 def test_lighteval_uses_pass_and_ast_reading_matches_inspect(capsys):
     """Our lighteval calls pass; and for each lighteval callable we call, the keywords the AST reader finds are
@@ -241,36 +211,116 @@ def test_lighteval_uses_pass_and_ast_reading_matches_inspect(capsys):
     assert checked >= 3
 
 
-def _cached_wheel() -> Path | None:
-    version = api_check.pinned_version("vllm", ROOT / "constraints-gpu.txt")
-    found = sorted(api_check.default_cache_dir().glob(f"vllm-{version}-*.whl"))
-    return found[0] if found else None
+def test_documented_vllm_serve_flags_are_checked(tmp_path):
+    """`vllm serve` command lines of our documentation (GPU routes nothing runs on CPU): an unknown flag fails."""
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "README.md").write_text(
+        "Start it:\n\n    vllm serve outputs/run --max-model-len 4096 --max-model-length 4096 &\n"
+        "`vllm serve` in prose is not a command line --nonsense\n"
+    )
+    wheel = tmp_path / "vllm-0.30.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in FAKE_VLLM.items():
+            archive.writestr(name, textwrap.dedent(text))
+        archive.writestr("vllm/engine/cli.py", 'def add(parser):\n    parser.add_argument("--max-model-len")\n')
+    index = PackageIndex.from_wheel(wheel, "vllm")
+    problems, notes = api_check.check_doc_serve_flags(index, tmp_path)
+    assert [str(p) for p in problems] == [
+        "eval/README.md:3: vllm serve --max-model-length: no such flag in vLLM 0.30.0"
+    ]
+    assert notes == ["  our documentation -> vllm serve: 2 flags checked"]
 
 
-@pytest.mark.slow  # reads the 2,700 modules of the real wheel
-@pytest.mark.skipif(_cached_wheel() is None, reason="vLLM wheel not cached (make api-check downloads it)")
-def test_real_wheel_tree_passes_and_planted_keyword_fails(tmp_path, capsys):
-    wheel = _cached_wheel()
-    assert api_check.main(["--wheel", str(wheel), "--checks", "vllm,trl"]) == 0
+def _gpu_wheel(torch_pin: str, files: dict[str, bytes]) -> bytes:
+    """A wheel's bytes: ``files``, a METADATA pinning ``torch_pin`` and a RECORD with their sha256."""
+    import base64
+    import hashlib
+    import io
+
+    metadata = (
+        "Metadata-Version: 2.1\nName: vllm\nVersion: 0.30.0\n"
+        f"Requires-Dist: torch=={torch_pin}\nRequires-Dist: transformers>=5.10.4\n"
+        'Requires-Dist: pywin32; sys_platform == "win32"\nRequires-Dist: numba==0.61; extra == "bench"\n'
+    )
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("vllm-0.30.0.dist-info/METADATA", metadata)
+        archive.writestr("vllm-0.30.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return buffer.getvalue()
+
+
+def test_gpu_wheel_is_read_by_range_requests_and_held_to_the_pins_and_the_cpu_build():
+    import httpx
+
+    from tools.api_check import gpu_wheel
+
+    files = {
+        "vllm/__init__.py": b"x = 1\n",
+        "vllm/_version.py": b"v = 'gpu'\n",
+        "vllm/third_party/flashmla/ops.py": b"cuda\n",
+        "vllm/sampling_params.py": b"gpu\n",
+    }
+    served = _gpu_wheel("2.12.0", files)
+    asked = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(200, headers={"content-length": str(len(served))})
+        start, end = map(int, request.headers["range"].removeprefix("bytes=").split("-"))
+        asked.append((start, end))
+        return httpx.Response(206, content=served[start : end + 1])
+
+    with gpu_wheel.open_wheel("https://files.example/vllm.whl", transport=httpx.MockTransport(handler)) as archive:
+        metadata = gpu_wheel.member(archive, "METADATA")
+        record = gpu_wheel.member(archive, "RECORD")
+    assert asked  # read in ranges, never in one plain GET
+    requires = gpu_wheel.requirements(metadata)
+    assert requires == ["torch==2.12.0", "transformers>=5.10.4"]  # markers evaluated for Linux, no extras
+    problems, notes = gpu_wheel.check_requirements(requires, gpu_wheel.pins(ROOT / "constraints-gpu.txt"))
+    assert problems == ["torch==2.12.0 vs constraints-gpu.txt torch==2.13.0"]
+    assert notes == ["transformers>=5.10.4 vs constraints-gpu.txt transformers==5.24.0"]
+    gpu = gpu_wheel.record_hashes(record)
+    cpu = {**gpu, "vllm/_version.py": "sha256=cpu", "vllm/sampling_params.py": "sha256=cpu"}
+    del cpu["vllm/third_party/flashmla/ops.py"]  # a vendored CUDA kernel package: GPU wheel only, expected
+    problems, notes = gpu_wheel.compare_sources(gpu, cpu)
+    assert problems == ["vllm/sampling_params.py: differs between the GPU wheel and the CPU build"]
+    assert "equal except vllm/_version.py, vllm/sampling_params.py; 1 GPU-only files" in notes[0]
+
+
+@pytest.mark.slow  # hashes the installed vLLM CPU build's 2,500 Python files
+def test_gpu_wheel_check_passes_on_the_pinned_set(tmp_path, capsys):
+    """The check as CI runs it, offline: a local wheel holding the installed CPU build's own Python files."""
+    from importlib.metadata import distribution
+
+    dist = distribution(api_check.installed_vllm()[0])
+    files = {
+        f.as_posix(): Path(f.locate()).read_bytes()
+        for f in dist.files
+        if f.as_posix().startswith("vllm/") and f.as_posix().endswith(".py")
+    }
+    wheel = tmp_path / "vllm-0.30.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(_gpu_wheel("2.13.0", files))
+    assert api_check.main(["--checks", "gpu-wheel", "--wheel", str(wheel)]) == 0
+    out = capsys.readouterr().out
+    assert "requires torch==2.13.0 vs constraints-gpu.txt torch==2.13.0" in out and "api-check: ok" in out
+    assert api_check.pinned_version("vllm", ROOT / "constraints-gpu.txt") == "0.30.0"
+
+
+@pytest.mark.slow  # reads the 2,700 modules of the installed vLLM CPU build
+def test_trl_calls_into_the_installed_vllm_pass_and_a_planted_flag_fails(tmp_path, capsys):
+    assert api_check.main(["--checks", "trl"]) == 0
     out = capsys.readouterr().out
     assert "vllm_enable_sleep_mode -> enable_sleep_mode -> llm.LLM(enable_sleep_mode=)" in out
-    assert "api-check: ok" in out
-    module = tmp_path / "src" / "planted.py"
-    module.parent.mkdir(parents=True)
-    module.write_text(CLIENT.replace("max_model_len=64", "max_model_length=64"))
-    assert api_check.main(["--wheel", str(wheel), "--root", str(tmp_path), "--checks", "vllm"]) == 1
-    out = capsys.readouterr().out
-    assert "src/planted.py:6: LLM(max_model_length=...): vllm.entrypoints.llm.LLM has no keyword" in out
-
-
-def test_vllm_environment_variable_names_are_checked(fake_wheel, tmp_path, capsys):
-    wheel = tmp_path / "vllm-0.30.0-py3-none-any.whl"
-    with zipfile.ZipFile(fake_wheel) as src, zipfile.ZipFile(wheel, "w") as dst:
-        for item in src.namelist():
-            dst.writestr(item, src.read(item))
-        dst.writestr("vllm/envs.py", 'environment_variables = {"VLLM_DP_RANK": lambda: 0}\n')
-    module = tmp_path / "src" / "dp.py"
-    module.parent.mkdir(parents=True)
-    module.write_text('import os\n\nos.environ["VLLM_DP_RANK"] = "0"\nos.environ["VLLM_DP_RANKK"] = "0"\n')
-    assert api_check.main(["--wheel", str(wheel), "--root", str(tmp_path), "--checks", "vllm"]) == 1
-    assert "src/dp.py:4: VLLM_DP_RANKK: vLLM reads no such variable" in capsys.readouterr().out
+    assert "our documentation -> vllm serve: 8 flags checked" in out and "api-check: ok" in out
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text().replace("--max-model-len 34816", "--max-model-length 34816"))
+    (tmp_path / "constraints-gpu.txt").write_text((ROOT / "constraints-gpu.txt").read_text())
+    (tmp_path / "recipes").mkdir()
+    assert api_check.main(["--checks", "trl", "--root", str(tmp_path)]) == 1
+    assert "vllm serve --max-model-length: no such flag in vLLM 0.30.0" in capsys.readouterr().out

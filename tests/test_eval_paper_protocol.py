@@ -201,7 +201,7 @@ def fake_run(tmp_path, monkeypatch):
         "amc23": ["So 3 + r = 5 + r - 2.\n</think>\nAdd \\boxed{2}.", "It might be \\boxed{2}, but wait"],  # row 0
         "olympiadbench": ["Roots 3 and -1.</think> \\boxed{3}", "</think> \\boxed{-1}"],  # row 0
     }
-    monkeypatch.setattr(runner, "select_backend", lambda requested, base_url=None: "transformers")
+    monkeypatch.setattr(runner, "select_backend", lambda *args, **kwargs: "transformers")
     monkeypatch.setattr(runner, "check_hub_source", lambda *a, **k: None)  # a faked Hub: nothing to reach
     monkeypatch.setattr(runner, "load_backend", lambda *a: FakeBackend(tokenizer, completions))
 

@@ -1,3 +1,4 @@
-"""`make api-check` (`python -m tools.api_check`): our calls into vLLM, TRL and lighteval, read from their source.
+"""`make api-check` (`python -m tools.api_check`): what no CPU run reaches of vLLM (the GPU wheel's pins and sources,
+TRL's calls into it) and our lighteval calls, read from their source.
 
 A developer tool of this checkout, not shipped in the wheel."""

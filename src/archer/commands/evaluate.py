@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="auto",
-        help="auto (openai if --base-url is given, else vLLM if installed and a GPU is visible, else transformers), "
-        "transformers, vllm (in-process engines) or openai (a running OpenAI-compatible server)",
+        help="auto (openai if --base-url is given, else vLLM if installed and a GPU is visible, else transformers: "
+        "faster on CPU), transformers, vllm (in-process engines; on CPU with vLLM's CPU build) or openai (a running "
+        "OpenAI-compatible server)",
     )
     parser.add_argument("--output-dir", default=None, help="parent folder of the run folder (default: see README)")
     parser.add_argument(
@@ -56,7 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-parallel-size", type=int, default=1, help="vLLM: engines, one process per group of TP GPUs"
     )
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM: fraction of GPU memory")
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vLLM: fraction of GPU memory, on CPU of host RAM (default: 0.9 on GPUs; on CPU a KV cache sized for "
+        "the model, at most 2 GiB)",
+    )
     parser.add_argument("--max-model-length", type=int, default=None, help="vLLM: context length")
     server = parser.add_argument_group("openai backend (a running OpenAI-compatible server: vllm serve, SGLang, TGI)")
     server.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1")

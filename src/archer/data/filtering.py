@@ -1,8 +1,10 @@
 """Drop the problems a model always or never solves: sample k answers per problem, keep 0 < pass rate < 1.
 
 A group whose k answers all score the same carries no GRPO advantage, so such problems only cost rollouts. The
-paper filters its training sets this way against the base model before RL. Sampling runs on vLLM (GPU) or on
-transformers' ``generate`` (CPU or GPU); answers are scored by the same reward functions training uses.
+paper filters its training sets this way against the base model before RL. Sampling runs on vLLM (GPU, or its CPU
+build) or on transformers' ``generate`` (CPU or GPU); answers are scored by the same reward functions training uses.
+Prompts are encoded once, as TRL's trainer encodes them (chat prompts through the chat template, whose BOS, if any,
+is the only one; plain prompts with the tokenizer's special tokens), and both samplers get those token ids.
 
     python -m archer.data.filtering agentica-org/DeepScaleR-Preview-Dataset data/deepscaler-filtered \\
         --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --reward math --k 8 --max-prompt-tokens 2048 --backend vllm
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import logging
 import shutil
@@ -36,8 +39,8 @@ logger = logging.getLogger(__name__)
 STATS_FILE = "filter_stats.json"
 BACKENDS = ("transformers", "vllm")
 
-# texts -> k completions per text
-Sampler = Callable[[list[str], int], list[list[str]]]
+# token-id prompts -> k completions per prompt
+Sampler = Callable[[list[list[int]], int], list[list[str]]]
 
 
 @dataclass
@@ -50,7 +53,7 @@ class FilterConfig:
         default=None, metadata={"help": "Drop problems whose rendered prompt is longer (paper: 2048)."}
     )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers backend)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (vLLM: prompt i gets seed + i * k)."})
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -79,13 +82,29 @@ def render_prompts(prompts: Sequence[Any], tokenizer: Any, chat_template_kwargs:
     return texts
 
 
+def encode_prompts(
+    prompts: Sequence[Any], tokenizer: Any, chat_template_kwargs: dict | None = None
+) -> tuple[list[str], list[list[int]]]:
+    """The prompt texts and token ids as TRL's trainer makes them: a chat prompt's rendered template is tokenized
+    without special tokens (the template writes its own BOS, if any: DeepSeek-R1-Distill's does), a plain prompt
+    with them (``tokenizer(text)``). Every prompt so carries exactly the BOS the model saw in training."""
+    texts = render_prompts(prompts, tokenizer, chat_template_kwargs)
+    ids = [
+        tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+        for prompt, text in zip(prompts, texts, strict=True)
+    ]
+    return texts, ids
+
+
 def pass_rates(
-    dataset: datasets.Dataset, texts: list[str], sample: Sampler, reward: Callable[..., list], k: int
+    dataset: datasets.Dataset, prompts: list[list[int]], sample: Sampler, reward: Callable[..., list], k: int
 ) -> list[float]:
-    """Fraction of ``k`` sampled answers that ``reward`` scores 1, per row. Rows and texts align."""
-    completions = sample(texts, k)
-    if len(completions) != len(texts) or any(len(c) != k for c in completions):
-        raise RuntimeError(f"the sampler returned {len(completions)} groups for {len(texts)} prompts, not k={k} each")
+    """Fraction of ``k`` sampled answers that ``reward`` scores 1, per row. Rows and prompts align."""
+    completions = sample(prompts, k)
+    if len(completions) != len(prompts) or any(len(c) != k for c in completions):
+        raise RuntimeError(
+            f"the sampler returned {len(completions)} groups for {len(prompts)} prompts, not k={k} each"
+        )
     flat = [c for group in completions for c in group]
     columns = {
         name: [value for value in dataset[name] for _ in range(k)]
@@ -93,7 +112,7 @@ def pass_rates(
         if name in dataset.column_names
     }
     scores = reward(flat, **columns)
-    return [sum(float(s or 0.0) for s in scores[i * k : (i + 1) * k]) / k for i in range(len(texts))]
+    return [sum(float(s or 0.0) for s in scores[i * k : (i + 1) * k]) / k for i in range(len(prompts))]
 
 
 def select_learnable(dataset: datasets.Dataset, rates: Sequence[float]) -> tuple[datasets.Dataset, dict[str, int]]:
@@ -117,16 +136,15 @@ def filter_dataset(
     chat_template_kwargs: dict | None = None,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """Drop over-long prompts, then the always / never solved problems. Returns the kept rows and the counts."""
-    texts = render_prompts(dataset["prompt"], tokenizer, chat_template_kwargs)
+    _, ids = encode_prompts(dataset["prompt"], tokenizer, chat_template_kwargs)
     too_long = 0
     if config.max_prompt_tokens is not None:
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        fits = [i for i, n in enumerate(lengths) if n <= config.max_prompt_tokens]
-        too_long = len(texts) - len(fits)
-        dataset, texts = dataset.select(fits), [texts[i] for i in fits]
+        fits = [i for i, prompt in enumerate(ids) if len(prompt) <= config.max_prompt_tokens]
+        too_long = len(ids) - len(fits)
+        dataset, ids = dataset.select(fits), [ids[i] for i in fits]
     if len(dataset) == 0:
         raise UserError(f"every prompt is longer than --max-prompt-tokens {config.max_prompt_tokens}")
-    rates = pass_rates(dataset, texts, sample, reward, config.k)
+    rates = pass_rates(dataset, ids, sample, reward, config.k)
     kept, stats = select_learnable(dataset, rates)
     stats = {"prompt_too_long": too_long, **stats, "k": config.k}
     logger.info(
@@ -148,19 +166,15 @@ def transformers_sampler(model: Any, tokenizer: Any, config: FilterConfig) -> Sa
     """k answers per prompt from ``model.generate`` (left-padded batches); decoded as TRL decodes completions."""
     import torch
 
-    def sample(texts: list[str], k: int) -> list[list[str]]:
+    def sample(prompts: list[list[int]], k: int) -> list[list[str]]:
         torch.manual_seed(config.seed)
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         out: list[list[str]] = []
         try:
-            for start in tqdm(range(0, len(texts), config.batch_size), desc="sampling", unit="batch"):
-                batch = tokenizer(
-                    texts[start : start + config.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=False,
-                ).to(model.device)
+            for start in tqdm(range(0, len(prompts), config.batch_size), desc="sampling", unit="batch"):
+                rows = [{"input_ids": ids} for ids in prompts[start : start + config.batch_size]]
+                batch = tokenizer.pad(rows, return_tensors="pt").to(model.device)
                 with torch.no_grad():
                     ids = model.generate(
                         **batch,
@@ -181,26 +195,53 @@ def transformers_sampler(model: Any, tokenizer: Any, config: FilterConfig) -> Sa
     return sample
 
 
-def vllm_sampler(
-    model: str, config: FilterConfig, tensor_parallel_size: int = 1, max_model_length: int | None = None
-) -> Sampler:
-    """k answers per prompt from a vLLM engine (GPU; the GPU install, ``make install-gpu``)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise UserError(
-            "--backend vllm: vLLM is not installed (make install-gpu); use --backend transformers"
-        ) from None
-    length = max_model_length or (config.max_prompt_tokens or 2048) + config.max_new_tokens
-    llm = LLM(model=model, dtype="bfloat16", tensor_parallel_size=tensor_parallel_size, max_model_len=length)
+class VLLMSampler:
+    """k answers per prompt from a vLLM engine (``archer.evaluation.backends.vllm_engine``: GPU, or CPU with
+    vLLM's CPU build). Prompt i is sampled with seed ``config.seed + i * k`` (its answers get ``seed + j``), so no
+    two answers share a seed and a prompt's answers do not depend on the others in the batch. ``close()`` stops
+    the engine."""
 
-    def sample(texts: list[str], k: int) -> list[list[str]]:
-        params = SamplingParams(
-            n=k, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=config.seed
-        )
-        return [[o.text for o in result.outputs] for result in llm.generate(texts, params)]
+    def __init__(
+        self,
+        model: str,
+        config: FilterConfig,
+        tensor_parallel_size: int = 1,
+        max_model_length: int | None = None,
+    ):
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("--backend vllm: vLLM is not installed (make install-gpu); use --backend transformers")
+        from archer.evaluation.backends import vllm_engine
 
-    return sample
+        if not vllm_engine.on_gpu() and tensor_parallel_size > 1:
+            raise UserError("--tensor-parallel-size > 1 needs GPUs; vLLM on CPU runs one engine of one process")
+        self.config = config
+        length = max_model_length or (config.max_prompt_tokens or 2048) + config.max_new_tokens
+        try:
+            self.engine = vllm_engine.build_engine(
+                model,
+                dtype="auto",
+                tensor_parallel_size=tensor_parallel_size,
+                max_model_length=length,
+                seed=config.seed,
+            )
+        except vllm_engine.EngineError as err:
+            from archer.evaluation.backends.vllm import unservable
+
+            raise UserError(unservable(model, err.reason)) from None
+
+    def __call__(self, prompts: list[list[int]], k: int) -> list[list[str]]:
+        from archer.evaluation.backends import vllm_engine
+        from archer.evaluation.backends.base import problem_seeds
+
+        c = self.config
+        seeds = problem_seeds(c.seed, len(prompts), k)
+        generations = vllm_engine.generate(self.engine, prompts, k, c.temperature, c.top_p, c.max_new_tokens, seeds)
+        return [g.texts for g in generations]
+
+    def close(self) -> None:
+        from archer.evaluation.backends import vllm_engine
+
+        vllm_engine.shutdown(self.engine)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,8 +320,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"{args.dataset}: no loader known and no 'prompt' column; pass --loader")
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    closing: VLLMSampler | None = None
+    sample: Sampler
     if args.backend == "vllm":
-        sample = vllm_sampler(args.model, config, args.tensor_parallel_size)
+        sample = closing = VLLMSampler(args.model, config, args.tensor_parallel_size)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -290,7 +333,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setting = {"true": True, "false": False}.get(args.require_think_close, "auto")
     require_close = resolve_require_think_close(setting, tokenizer, args.chat_template_kwargs)
     reward = functools.partial(get_reward_func(args.reward), require_think_close=require_close)
-    kept, stats = filter_dataset(dataset, tokenizer, sample, reward, config, args.chat_template_kwargs)
+    try:
+        kept, stats = filter_dataset(dataset, tokenizer, sample, reward, config, args.chat_template_kwargs)
+    finally:
+        if closing is not None:
+            closing.close()
     if len(kept) == 0:
         raise UserError(
             f"no problem has 0 < pass rate < 1 ({stats['never_solved']} never solved, {stats['always_solved']} "

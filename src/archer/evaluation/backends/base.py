@@ -23,7 +23,12 @@ class BackendOptions:
     batch_size: int = field(default=16, metadata={"help": "transformers: problems per generate() call"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per engine"})
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM: engines, one process per GPU group"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: fraction of GPU memory"})
+    gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={
+            "help": "vLLM: fraction of GPU memory (on CPU: of host RAM); None: 0.9 on GPUs, a KV cache sized for the model on CPU"
+        },
+    )
     max_model_length: int | None = field(default=None, metadata={"help": "vLLM: context length (prompt + output)"})
     seed: int = field(default=1234, metadata={"help": "sampling seed (the suite's)"})
     base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://host:8000/v1"})

@@ -2,9 +2,12 @@
 
 One request per problem (``n = k`` samples, the problem's own ``seed``, ``temperature``, ``top_p``,
 ``max_tokens``), at most ``max_concurrency`` in flight. The prompt goes as token ids (the runner's exact
-encoding; the default) or as text, which the server tokenises itself. Only OpenAI's own request fields are sent:
-other sampling settings (top-k, min-p, repetition penalty) are the server's defaults, which for vLLM come from the
-model's ``generation_config.json`` unless it is started with ``--generation-config vllm``.
+encoding; the default) or as text, which the server tokenises itself. Only OpenAI's own request fields are sent,
+with one exception: a text prompt that already holds its special tokens (a chat template that writes the BOS, as
+DeepSeek-R1-Distill's does) goes with ``add_special_tokens: false`` (vLLM's field; it adds a BOS to text prompts by
+default, which would make two), so that the server sees the runner's token ids. Other sampling settings (top-k,
+min-p, repetition penalty) are the server's defaults, which for vLLM come from the model's
+``generation_config.json`` unless it is started with ``--generation-config vllm``.
 
 The ``openai`` client retries 5xx answers, 408/409/429, timeouts and refused connections with exponential backoff
 (0.5 s doubling, at most 8 s, or the server's Retry-After); what still fails after ``max_retries`` retries, and any
@@ -18,7 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -124,22 +127,45 @@ class OpenAIBackend:
                 f"--base-url {url}: the server answered {code}{retried}{hint}: {server_message(err)}"
             ) from None
 
-    def _complete(self, prompt: list[int] | str, sampling: Sampling, seed: int) -> list[str]:
-        completion = self._call(
-            lambda: self.client.completions.create(
-                model=self.served_model,
-                prompt=prompt,
-                n=sampling.k,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                seed=seed,
-            )
-        )
+    def requests(
+        self, prompts: Sequence[list[int]], sampling: Sampling, texts: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``completions.create`` arguments of each problem, in order: what goes to the server."""
+        seeds = problem_seeds(self.options.seed, len(prompts), sampling.k)
+        out = []
+        for i, (ids, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            args: dict[str, Any] = {
+                "model": self.served_model,
+                "prompt": list(ids),
+                "n": sampling.k,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_new_tokens,
+                "seed": seed,
+            }
+            if self.options.prompt_format == "text":
+                if texts is None:
+                    raise ValueError("prompt_format 'text' needs the prompt texts")
+                args["prompt"] = texts[i]
+                if self._has_own_special_tokens(texts[i], ids):
+                    args["extra_body"] = {"add_special_tokens": False}
+            out.append(args)
+        return out
+
+    def _has_own_special_tokens(self, text: str, ids: Sequence[int]) -> bool:
+        """The text alone encodes to the prompt's ids, and the tokenizer's special tokens would add to them."""
+        bare = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bare != list(ids):
+            return False
+        return self.tokenizer(text)["input_ids"] != bare
+
+    def _complete(self, args: dict[str, Any]) -> list[str]:
+        completion = self._call(lambda: self.client.completions.create(**args))
+        k = args["n"]
         choices = sorted(completion.choices, key=lambda choice: choice.index)
-        if len(choices) != sampling.k:
+        if len(choices) != k:
             raise UserError(
-                f"--base-url {self.options.base_url}: asked for n={sampling.k} completions, got {len(choices)}; "
+                f"--base-url {self.options.base_url}: asked for n={k} completions, got {len(choices)}; "
                 "the server does not support n > 1"
             )
         return [choice.text for choice in choices]
@@ -158,21 +184,15 @@ class OpenAIBackend:
     def generate(
         self, prompts: Sequence[list[int]], sampling: Sampling, desc: str, texts: Sequence[str] | None = None
     ) -> list[list[str]]:
-        if self.options.prompt_format == "text":
-            if texts is None:
-                raise ValueError("prompt_format 'text' needs the prompt texts")
-            sent: Sequence[list[int] | str] = texts
-        else:
-            sent = [list(ids) for ids in prompts]
-        seeds = problem_seeds(self.options.seed, len(prompts), sampling.k)
+        requests = self.requests(prompts, sampling, texts)
         out: list[list[str]] = [[] for _ in prompts]
         with (
             ThreadPoolExecutor(max_workers=self.options.max_concurrency) as pool,
             tqdm(total=len(prompts), desc=desc, unit="problem") as bar,
         ):
             futures: dict[Future, int] = {}
-            for i, (prompt, seed) in enumerate(zip(sent, seeds, strict=True)):
-                future = pool.submit(self._complete, prompt, sampling, seed)
+            for i, args in enumerate(requests):
+                future = pool.submit(self._complete, args)
                 future.add_done_callback(lambda _: bar.update(1))
                 futures[future] = i
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)

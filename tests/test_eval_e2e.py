@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +156,66 @@ def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, suite_body, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert sorted(p for p in workdir.rglob("*")) == before
+
+
+def test_a_killed_or_stopped_eval_resumes_and_gives_the_uninterrupted_results(workdir):
+    """A real `archer eval` killed (SIGKILL) or stopped (SIGTERM) mid-way; the same command skips the finished task
+    and writes the same results as an uninterrupted run (the timings and start time aside)."""
+    data = ROOT / "tests" / "data" / "eval"
+    model = save_tiny(workdir / "outputs" / "run", seed=0, heldout=200)
+    suite = write_suite(
+        workdir / "three.yaml",
+        "defaults: {k: 2, max_new_tokens: 8, prompt_style: raw}\n"
+        f"tasks:\n  - {{task: aime24, data: {data / 'aime24.jsonl'}}}\n"
+        "  - {task: arithmetic, k: 8, max_new_tokens: 40}\n"  # 200 problems x 8 samples: seconds on CPU
+        f"  - {{task: math_500, data: {data / 'math500.jsonl'}}}\n",
+    )
+    cmd = [sys.executable, "-m", "archer.cli", "eval", "--model", str(model), "--suite", str(suite)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def finished() -> list[Path]:
+        return [p for p in run_dirs(model) if not p.name.endswith(".partial")]
+
+    def interrupt(sig: int) -> tuple[int, str]:
+        with open(workdir / "err.txt", "w") as err:
+            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.time() + 600
+            while not list((model / "eval").glob("*.partial/tasks/aime24.json")):
+                assert proc.poll() is None and time.time() < deadline, (workdir / "err.txt").read_text()[-3000:]
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            return proc.wait(600), (workdir / "err.txt").read_text()
+
+    def compare(reference: Path, resumed: Path) -> None:
+        assert sorted(p.name for p in resumed.rglob("*")) == sorted(p.name for p in reference.rglob("*"))
+        for name in ("results.md", "details/aime24.jsonl", "details/arithmetic.jsonl", "details/math_500.jsonl"):
+            assert (resumed / name).read_bytes() == (reference / name).read_bytes(), name
+
+        def stable(path: Path) -> dict:
+            results = json.loads(path.read_text())
+            for key in ("started_at", "wall_time_s"):
+                results.pop(key)
+            for task in results["tasks"].values():
+                task.pop("generation_s")
+            return results
+
+        assert stable(resumed / "results.json") == stable(reference / "results.json")
+
+    reference = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (ref,) = finished()
+
+    for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 75)):
+        status, err = interrupt(sig)
+        assert status == code, err[-3000:]
+        if sig == signal.SIGTERM:
+            assert "stopped by SIGTERM: the tasks finished so far are kept; run the same command" in err
+        (partial,) = (model / "eval").glob("*.partial")
+        assert sorted(p.name for p in (partial / "tasks").iterdir()) == ["aime24.json"]  # stopped mid-arithmetic
+        resumed = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resuming the unfinished run {partial}" in resumed.stderr
+        assert "1 of 3 tasks done, arithmetic, math_500 to do" in resumed.stderr
+        (new,) = [p for p in finished() if p != ref and p.name == partial.name.removesuffix(".partial")]
+        assert not list((model / "eval").glob("*.partial"))
+        compare(ref, new)

@@ -1,4 +1,4 @@
-"""archer.planning (model shape, memory) and the batch plan: parameter counts against transformers, batch arithmetic against TRL, memory estimate, errors."""
+"""archer.planning (model shape, memory, checkpoint size) and the batch plan: parameter counts against transformers, batch arithmetic against TRL, memory estimate, errors."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 
 import pytest
 import torch
+from paths import ROOT
 from transformers import AutoConfig, AutoModelForCausalLM
 from trl import GRPOConfig
 
 from archer.errors import UserError
+from archer.planning.dry_run import describe
 from archer.planning.memory import GIB, estimate_memory, vllm_sequences_in_cache
 from archer.planning.model_shape import MODEL_CONFIGS, ModelShape, config_file_for, load_model_shape
+from archer.recipe import load_recipe_for_plan
 from archer.training.batch import plan_batches
 
 SHIPPED = ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen3-4B"]
@@ -224,3 +227,17 @@ def test_vllm_kv_cache_capacity():
     assert vllm_sequences_in_cache(
         shape, reserved_bytes=reserved, tensor_parallel=2, max_model_length=34816
     ) > vllm_sequences_in_cache(shape, reserved_bytes=reserved, tensor_parallel=1, max_model_length=34816)
+
+
+def test_dry_run_prints_the_checkpoint_size_save_time_and_signal_to_request():
+    recipe = load_recipe_for_plan(ROOT / "recipes" / "DeepSeek-R1-Distill-Qwen-1.5B" / "archer" / "code.yaml")
+    text = describe(recipe, num_processes=8)  # ZeRO-3, bf16: 14 bytes per parameter
+    assert (
+        "checkpoint: ~23.2 GiB per save (16-bit weights; fp32 master weights and Adam moments in DeepSpeed's " in text
+    )
+    assert "at 200 MB/s (--write-mb-s) a save takes ~124 s" in text
+    assert "request --signal=B:USR1@<one rollout's seconds + 184>" in text
+    text = describe(recipe, num_processes=8, zero_stage=0, write_mb_s=1000, rollout_s=1400)  # DDP: fp32, 12 bytes
+    assert "checkpoint: ~19.9 GiB per save (32-bit weights + Adam moments); at 1000 MB/s" in text
+    assert "a save takes ~21 s" in text
+    assert "request --signal=B:USR1@1490 (1400 s rollout + 21 s save + 60 s margin)" in text

@@ -3,9 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 from archer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXIT_STOPPED = 75  # as archer train: stopped by a signal, run the same command again to finish
+EXIT_STATUSES = """\
+exit status:
+  0   evaluated; results.json written
+  2   bad input (suite, model, options): one 'error:' line, nothing written
+  75  stopped by SIGTERM or SIGUSR1 (preemption, time limit): the tasks finished so far are kept in
+      <folder>.partial/; the same command finishes the run, skipping them
+A kill (SIGKILL) keeps them too."""
+
+
+class Stopped(BaseException):
+    """SIGTERM / SIGUSR1 during ``archer eval`` (a BaseException, as KeyboardInterrupt: nothing swallows it)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGUSR1 end the evaluation at once: the task in progress is lost, finished ones are saved."""
+
+    def handle(signum: int, frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _task_path(value: str) -> tuple[str, str]:
@@ -16,6 +50,8 @@ def _task_path(value: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUSES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--model",
         default=None,
@@ -118,7 +154,15 @@ def run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout,
         ),
     )
-    out_dir, _ = evaluate(request)
+    try:
+        with stop_on_signals():
+            out_dir, _ = evaluate(request)
+    except Stopped as stop:
+        print(
+            f"stopped by {stop}: the tasks finished so far are kept; run the same command to finish the run",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
     print((out_dir / "results.md").read_text())
     print(f"results: {out_dir}", file=sys.stderr)
     return 0

@@ -5,10 +5,26 @@ from __future__ import annotations
 import argparse
 import logging
 
+from archer.errors import UserError
+
 DEFAULT_RECIPE = "tiny/archer"  # the packaged recipes/tiny/archer.yaml: the embedded default
+
+EXIT_STATUSES = """\
+exit status:
+  0   trained to max_steps, or the run was already complete (nothing trained)
+  2   bad input (recipe, overrides, a folder of another run): one 'error:' line, nothing written
+  74  the disk filled while writing: one 'error:' line with the folder and the space needed; the previous
+      complete checkpoint stays the newest: free space and run the same command
+  75  stopped by SIGTERM or SIGUSR1 (preemption, time limit): the rollout in progress finished, its checkpoint
+      was saved; run the same command to resume from it (a second signal does not interrupt the save)
+  1   anything else (a traceback)
+Under accelerate launch every training process exits with these; the launcher itself reports them as a failed
+child (its own status is 1)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUSES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "recipe",
         nargs="?",
@@ -40,6 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DeepSpeed JSON config --dry-run plans a ZeRO launch with (default: recipes/deepspeed/zero3.json, the "
         "paper recipes' accelerate configs' file)",
     )
+    parser.add_argument(
+        "--write-mb-s",
+        type=float,
+        default=None,
+        help="--dry-run: the file system's write speed in MB/s, for the checkpoint save time and the Slurm "
+        "signal grace period (default 200)",
+    )
+    parser.add_argument(
+        "--rollout-seconds",
+        type=float,
+        default=None,
+        help="--dry-run: seconds one rollout takes (the training log's s/it), added to the signal grace period",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         from archer.recipe import load_recipe_for_plan
 
         recipe = load_recipe_for_plan(args.recipe, args.overrides)
+        for flag in ("write_mb_s", "rollout_seconds"):
+            value = getattr(args, flag)
+            if value is not None and not value > 0:
+                raise UserError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
         sources = check_sources(recipe)
         text = describe(
             recipe,
@@ -64,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             zero_stage=args.zero_stage,
             deepspeed_config=args.deepspeed_config,
             sources=sources,
+            write_mb_s=args.write_mb_s,
+            rollout_s=args.rollout_seconds,
         )
         print(text)
         for problem in machine_problems(recipe):
@@ -76,15 +111,19 @@ def run(args: argparse.Namespace) -> int:
     for line in check_sources(recipe):  # the Hub asked once (or the cache offline), before anything is written
         logging.getLogger("archer.train").info("%s", line)
     if problems := machine_problems(recipe):
-        from archer.errors import UserError
-
         raise UserError(problems[0])
     from archer.network import network_errors
     from archer.training.pipeline import run_training
+    from archer.training.preemption import TrainingStopped
 
     quiet_third_party()
-    with network_errors(str(args.recipe)):  # what the sources check could not foresee: one line, the server named
-        summary = run_training(recipe, resume=not args.no_resume)
+    try:
+        with network_errors(str(args.recipe)):  # what the sources check could not foresee: one line, the server named
+            summary = run_training(recipe, resume=not args.no_resume)
+    except TrainingStopped as stop:
+        if stop.main_process:
+            print(f"run folder: {recipe.trainer.output_dir}\n{stop} (exit {stop.exit_code})")
+        return stop.exit_code
     if summary:
         print(format_summary(summary, recipe.trainer.output_dir))
     return 0

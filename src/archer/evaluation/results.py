@@ -24,6 +24,14 @@
 
 Each details line is one problem: ``problem_id``, ``prompt`` (as the model saw it), ``gold``, ``completions``,
 ``extracted`` (boxed answer or code block per completion), ``scores`` and the problem's metrics.
+
+A run is written as it goes, in ``<folder>.partial/``: each task, once generated and graded, gets its details file
+and then its ``tasks/<task>.json`` entry (each written whole: temporary file, fsync, rename), and ``progress.json``
+holds the run key (archer.evaluation.runner.run_key: model weights, suite, tasks and their data, backend protocol).
+A later ``archer eval`` with the same key finds the folder, skips the tasks it holds and finishes the run; at the
+end ``results.json`` and ``results.md`` are written and the folder is renamed to ``<folder>``. A kill therefore
+loses at most the task in progress, and the finished folder is the same as an uninterrupted run's (but for
+``started_at``, which is the first launch's, and the timings).
 """
 
 from __future__ import annotations
@@ -36,7 +44,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from archer.files import atomic_write_json, atomic_write_text
+
 SCHEMA_VERSION = 2
+PARTIAL = ".partial"  # suffix of a run folder being written
+PROGRESS_FILE = "progress.json"  # in a partial folder: the run key, when it started, time spent so far
+TASKS_DIR = "tasks"  # in a partial folder: one results.json ``tasks`` entry per finished task
 
 
 def fresh_dir(parent: Path, stem: str) -> Path:
@@ -88,19 +101,67 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_run(out_dir: Path, results: Mapping[str, Any], details: Mapping[str, Iterable[Mapping[str, Any]]]) -> Path:
-    """Write everything into ``<out_dir>.partial`` and rename it at the end: no half-written run folder."""
-    partial = out_dir.with_name(out_dir.name + ".partial")
+def find_unfinished(parent: Path, key: str) -> Path | None:
+    """The partial run folder under ``parent`` whose run key is ``key`` (None: none)."""
+    for progress in sorted(parent.glob(f"*{PARTIAL}/{PROGRESS_FILE}")):
+        value = _json_object(progress)
+        if value is not None and value.get("key") == key:
+            return progress.parent
+    return None
+
+
+def start_partial(parent: Path, stem: str, progress: Mapping[str, Any]) -> Path:
+    """Create ``parent/<stem>.partial`` (``stem`` made unique as by :func:`fresh_dir`) with its progress file."""
+    final = fresh_dir(parent, stem)
+    partial = final.with_name(final.name + PARTIAL)
+    (partial / "details").mkdir(parents=True)
+    (partial / TASKS_DIR).mkdir()
+    atomic_write_json(partial / PROGRESS_FILE, dict(progress))
+    return partial
+
+
+def read_progress(partial: Path) -> dict[str, Any]:
+    return _json_object(partial / PROGRESS_FILE) or {}
+
+
+def update_progress(partial: Path, **values: Any) -> None:
+    atomic_write_json(partial / PROGRESS_FILE, {**read_progress(partial), **values})
+
+
+def save_task(partial: Path, name: str, entry: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> None:
+    """One finished task: its details, then its entry (an entry is only there when its details are whole)."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    atomic_write_text(partial / "details" / f"{name}.jsonl", text)
+    atomic_write_json(partial / TASKS_DIR / f"{name}.json", entry)
+
+
+def finished_tasks(partial: Path) -> dict[str, dict[str, Any]]:
+    """The ``tasks`` entries a partial folder holds, by task name (an unreadable one counts as not done)."""
+    done = {}
+    for path in sorted((partial / TASKS_DIR).glob("*.json")):
+        entry = _json_object(path)
+        if entry is not None and (partial / "details" / f"{path.stem}.jsonl").is_file():
+            done[path.stem] = entry
+    return done
+
+
+def finish_run(partial: Path, results: Mapping[str, Any]) -> Path:
+    """Write results.json and results.md into the partial folder, rename it to its final name, drop the progress
+    files. A kill before the rename leaves the partial folder (the next run finishes it); after it, a finished one."""
+    atomic_write_text(partial / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(partial / "results.md", markdown_table(results))
+    final = partial.with_name(partial.name.removesuffix(PARTIAL))
+    if final.exists():
+        final = fresh_dir(final.parent, final.name)
+    os.rename(partial, final)
+    shutil.rmtree(final / TASKS_DIR, ignore_errors=True)
+    (final / PROGRESS_FILE).unlink(missing_ok=True)
+    return final
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
     try:
-        (partial / "details").mkdir(parents=True)
-        for task, rows in details.items():
-            with open(partial / "details" / f"{task}.jsonl", "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (partial / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (partial / "results.md").write_text(markdown_table(results))
-        os.rename(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return out_dir
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

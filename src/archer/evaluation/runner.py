@@ -2,16 +2,24 @@
 
 Only the suite's own lighteval task module is imported (never lighteval's 600+ built-in tasks, one of which
 downloads at import), and generation bypasses lighteval's sample cache, so every run decodes its own checkpoint.
+
+Each task is saved as soon as it is graded (archer.evaluation.results: ``<folder>.partial/``). A run that was
+killed or preempted is finished by the next ``archer eval`` whose run key (:func:`run_key`: the model's weights,
+the suite, its tasks and their data, the backend's protocol) is the same: the tasks already saved are skipped.
+Every task's samples depend only on its own seed, not on the tasks run before it, so the finished results are the
+same as an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +31,18 @@ from archer.evaluation.backends.base import Backend, BackendOptions, Sampling
 from archer.evaluation.data import load_rows
 from archer.evaluation.grading import GradingOptions, grade
 from archer.evaluation.metrics import aggregate
-from archer.evaluation.results import SCHEMA_VERSION, average_rows, fresh_dir, timestamp, write_run
+from archer.evaluation.results import (
+    SCHEMA_VERSION,
+    average_rows,
+    find_unfinished,
+    finish_run,
+    finished_tasks,
+    read_progress,
+    save_task,
+    start_partial,
+    timestamp,
+    update_progress,
+)
 from archer.evaluation.suite import Suite, TaskSpec, load_suite
 from archer.files import looks_local, read_model_config
 from archer.network import check_hub_source, network_errors
@@ -226,47 +245,89 @@ def grading_record(options: GradingOptions, docs: Sequence[Any]) -> dict[str, An
     return record
 
 
-def output_dir_for(model: ModelRef, suite: Suite, request: EvalRequest, now: datetime) -> Path:
+def output_location(model: ModelRef, suite: Suite, request: EvalRequest, now: datetime) -> tuple[Path, str]:
+    """(parent folder, folder name) of a new run: ``<model>/eval/<timestamp>`` for a local model,
+    ``<output-dir>/<suite>-<timestamp>`` or ``outputs/eval/<model>-<suite>-<timestamp>`` otherwise."""
     stamp = timestamp(now)
     if request.output_dir is not None:
-        return fresh_dir(Path(request.output_dir), f"{suite.name}-{stamp}")
+        return Path(request.output_dir), f"{suite.name}-{stamp}"
     if model.local:
-        return fresh_dir(Path(model.name_or_path) / "eval", stamp)
-    return fresh_dir(request.runs_root / "eval", f"{model.short_name}-{suite.name}-{stamp}")
+        return Path(model.name_or_path) / "eval", stamp
+    return request.runs_root / "eval", f"{model.short_name}-{suite.name}-{stamp}"
 
 
-def _run_tasks(prepared: Sequence[PreparedTask], backend: Backend) -> tuple[dict[str, Any], dict[str, list]]:
-    """Generate and grade every task; returns the ``tasks`` entries of results.json and the details rows."""
-    tasks, details = {}, {}
-    for task in prepared:
-        spec, docs = task.spec, task.docs
-        prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
-        t_gen = time.perf_counter()
-        sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
-        completions = backend.generate(ids, sampling, desc=spec.short_name, texts=prompts)
-        generation_s = time.perf_counter() - t_gen
-        grading = grading_options(spec, backend.tokenizer)
-        metrics, details[spec.short_name] = score_task(spec, docs, prompts, completions, grading)
-        tasks[spec.short_name] = {
-            "task": spec.task,
-            "dataset": task.dataset,
-            "revision": task.revision,
-            **spec.protocol(),
-            "grading": grading_record(grading, docs),
-            "limit": spec.limit,
-            "limited": task.limited,
-            "num_problems": len(docs),
-            "num_samples": len(docs) * spec.k,
-            "metrics": metrics,
-            "generation_s": round(generation_s, 3),
-            "details": f"details/{spec.short_name}.jsonl",
-        }
-        logger.info("%s: %s", spec.short_name, ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-    return tasks, details
+# Backend options that change neither the samples nor the results file (a requeued job may reach its server at
+# another address, or use other limits)
+_KEY_IGNORES = (
+    "base_url",
+    "api_key_env",
+    "max_concurrency",
+    "max_retries",
+    "request_timeout_s",
+    "gpu_memory_utilization",
+)
+
+
+def run_key(
+    model: ModelRef, suite: Suite, prepared: Sequence[PreparedTask], backend: str, options: BackendOptions
+) -> str:
+    """What makes two ``archer eval`` runs the same run: the model (a local one by its weight and config files'
+    sizes and times, so a retrained model is a new run), the suite and every task's settings, data and problems,
+    and the backend with the options that shape its samples. 16 hex digits of a SHA-256."""
+    if model.local:
+        folder = Path(model.name_or_path).resolve()
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+        identity: Any = [str(folder), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+    else:
+        identity = model.name_or_path
+    problems = [
+        hashlib.sha256(json.dumps([doc.query for doc in task.docs], ensure_ascii=False).encode()).hexdigest()
+        for task in prepared
+    ]
+    value = {
+        "model": identity,
+        "suite": [suite.name, str(Path(suite.path).resolve()), suite.seed, suite.averages],
+        "tasks": [
+            [asdict(task.spec), task.dataset, task.revision, digest]
+            for task, digest in zip(prepared, problems, strict=True)
+        ],
+        "backend": [backend, {k: v for k, v in asdict(options).items() if k not in _KEY_IGNORES}],
+    }
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _run_task(task: PreparedTask, backend: Backend) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate and grade one task; returns its ``tasks`` entry of results.json and its details rows."""
+    spec, docs = task.spec, task.docs
+    prompts, ids = encode_prompts(backend.tokenizer, [doc.query for doc in docs], spec.prompt_style)
+    t_gen = time.perf_counter()
+    sampling = Sampling(spec.k, spec.temperature, spec.top_p, spec.max_new_tokens)
+    completions = backend.generate(ids, sampling, desc=spec.short_name, texts=prompts)
+    generation_s = time.perf_counter() - t_gen
+    grading = grading_options(spec, backend.tokenizer)
+    metrics, details = score_task(spec, docs, prompts, completions, grading)
+    entry = {
+        "task": spec.task,
+        "dataset": task.dataset,
+        "revision": task.revision,
+        **spec.protocol(),
+        "grading": grading_record(grading, docs),
+        "limit": spec.limit,
+        "limited": task.limited,
+        "num_problems": len(docs),
+        "num_samples": len(docs) * spec.k,
+        "metrics": metrics,
+        "generation_s": round(generation_s, 3),
+        "details": f"details/{spec.short_name}.jsonl",
+    }
+    logger.info("%s: %s", spec.short_name, ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+    return entry, details
 
 
 def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
-    """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``)."""
+    """Run a suite on a model; returns the run folder and the results dict (as in ``results.json``).
+
+    An unfinished run with the same :func:`run_key` (killed, preempted) is finished instead of starting over."""
     started, t0 = datetime.now(UTC), time.perf_counter()
     model = resolve_model(request.model, request.runs_root)
     if not model.local:  # one request, or none offline: an absent network or a wrong id is one line, at once
@@ -276,15 +337,44 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
     check_options(backend_name, request.backend_options)
     prepared = _prepare(suite, request, model)
     options = replace(request.backend_options, seed=suite.seed)
-    out_dir = output_dir_for(model, suite, request, started)
-    logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
-    with network_errors(f"--model {model.name_or_path}", None if model.local else model.name_or_path):
-        backend = load_backend(backend_name, model.name_or_path, options)
-    try:
-        tasks, details = _run_tasks(prepared, backend)
-    finally:
-        backend.close()
-
+    parent, stem = output_location(model, suite, request, started)
+    key = run_key(model, suite, prepared, backend_name, options)
+    partial = find_unfinished(parent, key) if parent.is_dir() else None
+    done = finished_tasks(partial) if partial is not None else {}
+    progress = read_progress(partial) if partial is not None else {}
+    todo = [task for task in prepared if task.spec.short_name not in done]
+    if partial is not None:
+        logger.info(
+            "resuming the unfinished run %s (run key %s): %d of %d tasks done%s",
+            partial,
+            key,
+            len(prepared) - len(todo),
+            len(prepared),
+            f", {', '.join(t.spec.short_name for t in todo)} to do" if todo else "",
+        )
+    spent = float(progress.get("elapsed_s", 0.0))
+    protocol = progress.get("protocol")
+    if todo:
+        logger.info("backend: %s (model %s, suite %s)", backend_name, model.name_or_path, suite.name)
+        with network_errors(f"--model {model.name_or_path}", None if model.local else model.name_or_path):
+            backend = load_backend(backend_name, model.name_or_path, options)
+        try:
+            protocol = {"backend": backend_name, "seed": suite.seed, **backend.protocol()}
+            for task in todo:
+                entry, rows = _run_task(task, backend)
+                if partial is None:
+                    partial = start_partial(
+                        parent, stem, {"key": key, "started_at": started.isoformat(timespec="seconds")}
+                    )
+                    progress = read_progress(partial)
+                save_task(partial, task.spec.short_name, entry, rows)
+                done[task.spec.short_name] = entry
+                update_progress(partial, protocol=protocol, elapsed_s=spent + time.perf_counter() - t0)
+                logger.info("%s saved (%d of %d tasks): %s", task.spec.short_name, len(done), len(prepared), partial)
+        finally:
+            backend.close()
+    assert partial is not None  # a suite has at least one task: it was run now or found saved
+    tasks = {task.spec.short_name: done[task.spec.short_name] for task in prepared}
     results = {
         "schema_version": SCHEMA_VERSION,
         "model": model.name_or_path,
@@ -294,18 +384,14 @@ def evaluate(request: EvalRequest) -> tuple[Path, dict[str, Any]]:
         "suite_description": suite.description,
         "limit": request.limit,
         "tasks_selected": list(tasks) if request.tasks is not None else None,
-        "protocol": {
-            "backend": backend_name,
-            "seed": suite.seed,
-            **backend.protocol(),
-        },
+        "protocol": protocol,
         "tasks": tasks,
         "averages": average_rows(
             tasks, {row: members for row, members in suite.averages.items() if set(members) <= set(tasks)}
         ),
         "versions": versions(),
-        "started_at": started.isoformat(timespec="seconds"),
-        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "started_at": progress.get("started_at", started.isoformat(timespec="seconds")),
+        "wall_time_s": round(spent + time.perf_counter() - t0, 3),
     }
-    write_run(out_dir, results, details)
+    out_dir = finish_run(partial, results)
     return out_dir, results

@@ -14,6 +14,7 @@ from typing import Any
 
 from archer.errors import UserError
 from archer.files import short
+from archer.planning.checkpoint import DEFAULT_WRITE_MB_S, checkpoint_size, preemption_lines
 from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
 from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
 from archer.planning.precision import Precision, mixed_precision, precision_of
@@ -52,12 +53,16 @@ def describe(
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
     deepspeed_config: str | Path | None = None,
     sources: list[str] | None = None,
+    write_mb_s: float | None = None,
+    rollout_s: float | None = None,
 ) -> str:
     """The effective config, batch arithmetic and memory per GPU of ``recipe`` (an :class:`archer.recipe.Recipe`).
 
     ``num_processes`` defaults to the launch's world size (``WORLD_SIZE``, 1 outside a launcher). A ZeRO plan
     reads its gradient dtypes and reduce bucket from ``deepspeed_config`` (default: the paper recipes'
-    ``recipes/deepspeed/zero3.json``). Raises UserError on settings that cannot run.
+    ``recipes/deepspeed/zero3.json``). ``write_mb_s`` (default 200) and ``rollout_s`` (unknown by default) size the
+    checkpoint save and the grace period a Slurm job asks for (archer.planning.checkpoint). Raises UserError on
+    settings that cannot run.
     """
     args = recipe.trainer
     plan = plan_recipe(recipe, num_processes)
@@ -80,7 +85,17 @@ def describe(
         *_with_gradient_costs(precision.lines(), shape, precision, stage, world, ds_config),
     ]
     lines += _memory_lines(recipe, plan, stage, gpu_memory_gib, precision, shape, ds_config)
+    lines += ["", *_checkpoint_lines(recipe, shape, stage, precision, write_mb_s, rollout_s)]
     return "\n".join(lines)
+
+
+def _checkpoint_lines(
+    recipe: Any, shape: ModelShape, stage: int, precision: Precision, write_mb_s: float | None, rollout_s: float | None
+) -> list[str]:
+    """One save's size and time, and the ``--signal`` grace period that covers a rollout and a save."""
+    deepspeed_mixed = stage >= 2 and mixed_precision(recipe.trainer) is not None
+    size = checkpoint_size(shape.num_parameters, DTYPE_BYTES.get(precision.load_dtype, 4), deepspeed_mixed)
+    return preemption_lines(size, write_mb_s or DEFAULT_WRITE_MB_S, rollout_s)
 
 
 def _precision(recipe: Any, stage: int, ds_config: dict[str, Any] | None, world: int) -> Precision:

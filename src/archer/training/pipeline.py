@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2ForCausalLM
 
     from archer.data.arithmetic import ArithmeticTask
+    from archer.training.preemption import StopSignals
     from archer.training.trainer import ArcherTrainer
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,33 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
     ``resume``: continue the run in ``trainer.output_dir`` from its newest complete checkpoint (a complete run
     trains nothing); False moves an existing folder aside first (archer.training.run_folder).
+
+    Raises ``archer.training.preemption.TrainingStopped`` when SIGTERM or SIGUSR1 stopped the run (after saving a
+    checkpoint at the end of the rollout in progress) and ``DiskFull`` when the disk filled while writing.
     """
     from accelerate import PartialState
+
+    from archer.training.preemption import StopSignals
 
     state = PartialState()
     if recipe.model.cpu_threads:
         import torch
 
         torch.set_num_threads(recipe.model.cpu_threads)
+    # SIGTERM / SIGUSR1 (preemption, time limit) are recorded from here on and acted on at a rollout's end
+    with StopSignals(main=state.is_main_process) as signals:
+        return _run_training(recipe, resume, state, signals)
+
+
+def _run_training(recipe: Recipe, resume: bool, state: PartialState, signals: StopSignals) -> dict[str, Any]:
+    from archer.training.preemption import (
+        AFTER_TRAINING,
+        StopOnSignalCallback,
+        TrainingStopped,
+        guard_saves,
+        reporting_full_disk,
+    )
+
     args = recipe.trainer
     out = Path(args.output_dir)
     if state.is_main_process and not resume and (aside := run_folder.move_aside(out)) is not None:
@@ -60,6 +80,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     point = run_folder.resume_point(out, args.max_steps, log=state.is_main_process)
     state.wait_for_everyone()  # every process has decided before the main one writes
     if point.complete:
+        signals.phase = AFTER_TRAINING
         summary = _complete_run(recipe, out, point, state) if state.is_main_process else {}
         state.wait_for_everyone()
         return summary
@@ -77,22 +98,36 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
     model_path, sft_summary = _prepare_model(recipe, out, state)
     train_dataset = _train_dataset(recipe)
     trainer = _build_trainer(recipe, model_path, train_dataset, run_id)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(out))
-    state.wait_for_everyone()
+    stop = StopOnSignalCallback(signals)  # a signal: stop every process after the same rollout, with a checkpoint
+    trainer.add_callback(stop)
+    guard_saves(trainer, out, run_id)  # a full disk while saving: the previous checkpoint stays the newest
+    with reporting_full_disk(out, run_id, trainer):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.stopped is not None:
+        state.wait_for_everyone()  # every process has written its part of the checkpoint
+        name, step = stop.stopped
+        raise TrainingStopped(
+            f"stopped by {name} after rollout {step} of {trainer.state.max_steps}: {out / f'checkpoint-{step}'} "
+            "saved; run the same command to resume from it",
+            main_process=state.is_main_process,
+        )
+    signals.phase = AFTER_TRAINING
+    with reporting_full_disk(out, run_id, trainer):
+        trainer.save_model(str(out))
+        state.wait_for_everyone()
 
-    summary = {}
-    if state.is_main_process:
-        from archer.training.plots import plot_run
+        summary = {}
+        if state.is_main_process:
+            from archer.training.plots import plot_run
 
-        plot_run(out)
-        runtime = {
-            "deepspeed": trainer.deepspeed_precision(),
-            "optimizer_steps": trainer.optimizer_steps_taken(),
-            "train_runtime_s": round(time.perf_counter() - started, 1),
-            "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-        }
-        summary = _write_results(recipe, out, run_id, trainer.state.global_step, runtime, sft_summary, state)
+            plot_run(out)
+            runtime = {
+                "deepspeed": trainer.deepspeed_precision(),
+                "optimizer_steps": trainer.optimizer_steps_taken(),
+                "train_runtime_s": round(time.perf_counter() - started, 1),
+                "rl_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+            }
+            summary = _write_results(recipe, out, run_id, trainer.state.global_step, runtime, sft_summary, state)
     state.wait_for_everyone()
     return summary
 

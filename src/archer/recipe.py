@@ -147,6 +147,7 @@ class Recipe:
     trainer: Any  # archer.training.config.ArcherConfig (holds the objective preset and overrides)
     sft: Any | None  # archer.tiny.SFTConfig
     raw: dict[str, Any]
+    for_plan: bool = False  # loaded for --dry-run, which plans for GPUs whatever machine it runs on
 
     def resolved(self) -> dict[str, Any]:
         trainer = {k: _yaml_friendly(v) for k, v in self.trainer.to_dict().items()}
@@ -167,14 +168,16 @@ class Recipe:
 Check = Callable[["Recipe"], None]
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, for_plan: bool = False) -> Recipe:
     """Read, check and build a recipe. ``overrides`` are ``block.key=value`` strings (value parsed as YAML).
 
     Every check runs here: nothing is written to disk and no model is built before the whole recipe is valid.
+    ``for_plan``: for ``--dry-run`` (:func:`load_recipe_for_plan`), whose checks do not depend on this machine.
     """
     path = Path(path)
     raw = read_recipe(path, overrides)
     recipe = build_recipe(raw, path)
+    recipe.for_plan = for_plan
     for check in RECIPE_CHECKS:
         check(recipe)
     return recipe
@@ -244,7 +247,7 @@ def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = 
     check = training_args.is_torch_bf16_gpu_available
     training_args.is_torch_bf16_gpu_available = lambda *a, **k: True
     try:
-        return load_recipe(path, overrides)
+        return load_recipe(path, overrides, for_plan=True)
     finally:
         training_args.is_torch_bf16_gpu_available = check
 
@@ -331,7 +334,52 @@ def check_output_dir(recipe: Recipe) -> None:
         return
 
 
-RECIPE_CHECKS: list[Check] = [check_length, check_model_source, check_data_source, check_batches, check_output_dir]
+# vLLM's CPU attention kernels (vllm 0.30: v1/attention/backends/cpu_attn.py, get_supported_head_sizes)
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def check_vllm_rollouts(recipe: Recipe) -> None:
+    """vLLM rollouts on CPU (vLLM's CPU build, colocate mode): what that build cannot do is refused in one line.
+
+    A run is on CPU when the recipe says ``trainer.use_cpu: true``, or, except for ``--dry-run`` (which plans for
+    GPUs), when this machine has no CUDA device."""
+    args = recipe.trainer
+    if not args.use_vllm:
+        return
+    explicit = (recipe.raw.get("trainer") or {}).get("use_cpu") is True
+    if not (explicit or (args.use_cpu and not recipe.for_plan)):
+        return
+    where = f"{recipe.path}: trainer"
+    if args.vllm_mode == "server":
+        raise UserError(
+            f"{where}.vllm_mode=server: TRL sends the new weights to a vLLM server over NCCL, which needs CUDA GPUs; "
+            "on CPU use vllm_mode: colocate"
+        )
+    if args.vllm_enable_sleep_mode:
+        raise UserError(
+            f"{where}.vllm_enable_sleep_mode: vLLM's CPU build has no sleep mode (it refuses to start the engine); "
+            "set it to false on CPU"
+        )
+    if recipe.model.is_tiny:
+        from archer.tiny import TinyModelConfig
+
+        tiny = TinyModelConfig(**recipe.model.tiny)
+        head = tiny.hidden_size // tiny.num_heads
+        if head not in VLLM_CPU_HEAD_SIZES:
+            raise UserError(
+                f"{recipe.path}: model.tiny: head size hidden_size / num_heads = {head}: vLLM's CPU attention "
+                f"takes {', '.join(map(str, VLLM_CPU_HEAD_SIZES))} (e.g. hidden_size: 64, num_heads: 2)"
+            )
+
+
+RECIPE_CHECKS: list[Check] = [
+    check_length,
+    check_model_source,
+    check_data_source,
+    check_batches,
+    check_output_dir,
+    check_vllm_rollouts,
+]
 
 
 # --------------------------------------------------------------------------------------------------------------

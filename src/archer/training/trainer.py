@@ -29,6 +29,7 @@ from trl import GRPOTrainer
 from archer.objective import compute_objective
 from archer.training.batch import rollout_schedule
 from archer.training.config import ArcherConfig
+from archer.training.vllm_rollouts import archer_vllm_generation
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class ArcherTrainer(GRPOTrainer):
     """GRPOTrainer whose loss is the Archer objective (or one of its baseline presets)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        with archer_vllm_generation(self):  # vLLM rollouts: the recipe's engine dtype, a sync that works on CPU
+            super().__init__(*args, **kwargs)
         if not isinstance(self.args, ArcherConfig):
             raise TypeError("ArcherTrainer needs an ArcherConfig")
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset):

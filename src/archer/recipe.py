@@ -147,7 +147,6 @@ class Recipe:
     trainer: Any  # archer.training.config.ArcherConfig (holds the objective preset and overrides)
     sft: Any | None  # archer.tiny.SFTConfig
     raw: dict[str, Any]
-    for_plan: bool = False  # loaded for --dry-run, which plans for GPUs whatever machine it runs on
 
     def resolved(self) -> dict[str, Any]:
         trainer = {k: _yaml_friendly(v) for k, v in self.trainer.to_dict().items()}
@@ -168,16 +167,14 @@ class Recipe:
 Check = Callable[["Recipe"], None]
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, for_plan: bool = False) -> Recipe:
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read, check and build a recipe. ``overrides`` are ``block.key=value`` strings (value parsed as YAML).
 
     Every check runs here: nothing is written to disk and no model is built before the whole recipe is valid.
-    ``for_plan``: for ``--dry-run`` (:func:`load_recipe_for_plan`), whose checks do not depend on this machine.
     """
     path = Path(path)
     raw = read_recipe(path, overrides)
     recipe = build_recipe(raw, path)
-    recipe.for_plan = for_plan
     for check in RECIPE_CHECKS:
         check(recipe)
     return recipe
@@ -247,7 +244,7 @@ def load_recipe_for_plan(path: str | os.PathLike, overrides: list[str] | None = 
     check = training_args.is_torch_bf16_gpu_available
     training_args.is_torch_bf16_gpu_available = lambda *a, **k: True
     try:
-        return load_recipe(path, overrides, for_plan=True)
+        return load_recipe(path, overrides)
     finally:
         training_args.is_torch_bf16_gpu_available = check
 
@@ -339,24 +336,32 @@ VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def check_vllm_rollouts(recipe: Recipe) -> None:
-    """vLLM rollouts on CPU (vLLM's CPU build, colocate mode): what that build cannot do is refused in one line.
+    """A recipe that says it runs on CPU (``trainer.use_cpu: true``) asks vLLM rollouts for nothing vLLM's CPU build
+    cannot do. (A recipe run on a machine without CUDA is checked when training starts: :func:`check_cpu_run`.)"""
+    if (recipe.raw.get("trainer") or {}).get("use_cpu") is True and (problem := vllm_cpu_problem(recipe)):
+        raise UserError(problem)
 
-    A run is on CPU when the recipe says ``trainer.use_cpu: true``, or, except for ``--dry-run`` (which plans for
-    GPUs), when this machine has no CUDA device."""
+
+def check_cpu_run(recipe: Recipe) -> None:
+    """Before a run on CPU (no CUDA, or ``use_cpu``) starts: vLLM rollouts ask for nothing vLLM's CPU build cannot do.
+    Not a load-time check: a GPU recipe still loads (and plans) on a machine without a GPU."""
+    if recipe.trainer.use_cpu and (problem := vllm_cpu_problem(recipe)):
+        raise UserError(problem)
+
+
+def vllm_cpu_problem(recipe: Recipe) -> str | None:
+    """What vLLM's CPU build cannot do of what the recipe's vLLM rollouts ask for (one line), or None."""
     args = recipe.trainer
     if not args.use_vllm:
-        return
-    explicit = (recipe.raw.get("trainer") or {}).get("use_cpu") is True
-    if not (explicit or (args.use_cpu and not recipe.for_plan)):
-        return
+        return None
     where = f"{recipe.path}: trainer"
     if args.vllm_mode == "server":
-        raise UserError(
+        return (
             f"{where}.vllm_mode=server: TRL sends the new weights to a vLLM server over NCCL, which needs CUDA GPUs; "
             "on CPU use vllm_mode: colocate"
         )
     if args.vllm_enable_sleep_mode:
-        raise UserError(
+        return (
             f"{where}.vllm_enable_sleep_mode: vLLM's CPU build has no sleep mode (it refuses to start the engine); "
             "set it to false on CPU"
         )
@@ -366,10 +371,11 @@ def check_vllm_rollouts(recipe: Recipe) -> None:
         tiny = TinyModelConfig(**recipe.model.tiny)
         head = tiny.hidden_size // tiny.num_heads
         if head not in VLLM_CPU_HEAD_SIZES:
-            raise UserError(
+            return (
                 f"{recipe.path}: model.tiny: head size hidden_size / num_heads = {head}: vLLM's CPU attention "
                 f"takes {', '.join(map(str, VLLM_CPU_HEAD_SIZES))} (e.g. hidden_size: 64, num_heads: 2)"
             )
+    return None
 
 
 RECIPE_CHECKS: list[Check] = [

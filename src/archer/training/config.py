@@ -171,8 +171,8 @@ class ArcherConfig(GRPOConfig):
         if self.vllm_kv_cache_gib is not None and not self.vllm_kv_cache_gib > 0:
             raise ValueError(f"vllm_kv_cache_gib={self.vllm_kv_cache_gib}: must be > 0 (or null)")
         if self.use_vllm and self.vllm_mode != "colocate":
-            given = {"vllm_dtype": "auto", "vllm_enforce_eager": False, "vllm_kv_cache_gib": None}
-            for name, default in given.items():
+            unset = {"vllm_dtype": "auto", "vllm_enforce_eager": False, "vllm_kv_cache_gib": None}
+            for name, default in unset.items():
                 if getattr(self, name) != default:
                     raise ValueError(
                         f"{name} applies to the colocated engine; a vLLM server takes its own settings (vllm serve "

@@ -65,7 +65,7 @@ install-gpu: ## create .venv with the pinned GPU set (CUDA torch 2.13 + vLLM 0.3
 	$(BIN)/pip install --progress-bar off -c constraints-gpu.txt $(PIP_EXTRA) -e '.[dev,gpu]'
 	@touch $(STAMP)
 
-serve-vllm: $(STAMP) ## serve RECIPE's model with vLLM (server-mode rollouts, eval --base-url; VLLM_DP, VLLM_TP, VLLM_PORT)
+serve-vllm: $(STAMP) ## serve RECIPE's model with vLLM on GPUs (server-mode rollouts, eval --base-url; VLLM_DP, VLLM_TP, VLLM_PORT)
 	PYTHON=$(BIN)/python TRL=$(BIN)/trl slurm/serve_vllm.sh $(RECIPE) $(ARGS)
 
 train: $(STAMP) ## train RECIPE (default: the embedded tiny model); ACCELERATE=<config> for several processes

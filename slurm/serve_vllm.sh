@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Serve a recipe's model with vLLM for rollouts in server mode (TRL's `trl vllm-serve`); the trainer sends prompts
-# over HTTP and pushes its new weights to the server after each optimizer step (NCCL, port vllm_group_port).
+# over HTTP and pushes its new weights to the server after each optimizer step (NCCL, port vllm_group_port): GPUs
+# only (on a machine without one it says so and what vLLM's CPU build can serve instead).
 #
 #   slurm/serve_vllm.sh RECIPE [more trl vllm-serve arguments]       (make serve-vllm RECIPE=... does the same)
 #
@@ -30,7 +31,18 @@ if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
   IFS=, read -r -a VISIBLE <<< "$CUDA_VISIBLE_DEVICES"
   NUM_GPUS=${#VISIBLE[@]}
 else
-  NUM_GPUS=$(nvidia-smi -L | wc -l)
+  NUM_GPUS=$( { nvidia-smi -L 2>/dev/null || true; } | grep -c '^GPU' || true)
+fi
+if (( NUM_GPUS == 0 )); then
+  SERVED=$MODEL
+  [[ "$MODEL" == tiny ]] && SERVED="<model folder>"
+  # vLLM's CPU build could serve generation, but not rollouts: the trainer sends its weights over NCCL (CUDA only),
+  # and the `vllm` CLI that `trl vllm-serve` runs stops at once there (it looks up the distribution `vllm`)
+  echo "error: no GPU visible: server-mode rollouts need CUDA GPUs (TRL sends the new weights over NCCL); on CPU" \
+    "train with trainer.vllm_mode: colocate. To serve generation alone with vLLM's CPU build: VLLM_SERVER_DEV_MODE=1" \
+    "python -m vllm.entrypoints.openai.api_server --model $SERVED --dtype float32" \
+    "--kv-cache-memory-bytes 1G (README: vLLM rollouts on CPU)" >&2
+  exit 2
 fi
 TP=${VLLM_TP:-1}
 DP=${VLLM_DP:-$((NUM_GPUS / TP))}

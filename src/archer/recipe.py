@@ -446,6 +446,53 @@ def _option(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+# vLLM's CPU attention kernels (vllm 0.30: v1/attention/backends/cpu_attn.py, get_supported_head_sizes)
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def check_vllm_rollouts(recipe: Recipe) -> None:
+    """A recipe that says it runs on CPU (``trainer.use_cpu: true``) asks vLLM rollouts for nothing vLLM's CPU build
+    cannot do. (A recipe run on a machine without CUDA is checked when training starts: :func:`check_cpu_run`.)"""
+    if (recipe.raw.get("trainer") or {}).get("use_cpu") is True and (problem := vllm_cpu_problem(recipe)):
+        raise UserError(problem)
+
+
+def check_cpu_run(recipe: Recipe) -> None:
+    """Before a run on CPU (no CUDA, or ``use_cpu``) starts: vLLM rollouts ask for nothing vLLM's CPU build cannot do.
+    Not a load-time check: a GPU recipe still loads (and plans) on a machine without a GPU."""
+    if recipe.trainer.use_cpu and (problem := vllm_cpu_problem(recipe)):
+        raise UserError(problem)
+
+
+def vllm_cpu_problem(recipe: Recipe) -> str | None:
+    """What vLLM's CPU build cannot do of what the recipe's vLLM rollouts ask for (one line), or None."""
+    args = recipe.trainer
+    if not args.use_vllm:
+        return None
+    where = f"{recipe.path}: trainer"
+    if args.vllm_mode == "server":
+        return (
+            f"{where}.vllm_mode=server: TRL sends the new weights to a vLLM server over NCCL, which needs CUDA GPUs; "
+            "on CPU use vllm_mode: colocate"
+        )
+    if args.vllm_enable_sleep_mode:
+        return (
+            f"{where}.vllm_enable_sleep_mode: vLLM's CPU build has no sleep mode (it refuses to start the engine); "
+            "set it to false on CPU"
+        )
+    if recipe.model.is_tiny:
+        from archer.tiny import TinyModelConfig
+
+        tiny = TinyModelConfig(**recipe.model.tiny)
+        head = tiny.hidden_size // tiny.num_heads
+        if head not in VLLM_CPU_HEAD_SIZES:
+            return (
+                f"{recipe.path}: model.tiny: head size hidden_size / num_heads = {head}: vLLM's CPU attention "
+                f"takes {', '.join(map(str, VLLM_CPU_HEAD_SIZES))} (e.g. hidden_size: 64, num_heads: 2)"
+            )
+    return None
+
+
 RECIPE_CHECKS: list[Check] = [
     check_length,
     check_model_source,
@@ -453,6 +500,7 @@ RECIPE_CHECKS: list[Check] = [
     check_batches,
     check_output_dir,
     check_trainer_build,
+    check_vllm_rollouts,
 ]
 
 

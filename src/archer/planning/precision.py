@@ -113,6 +113,7 @@ def plan_precision(
     checkpoint_dtype: str | None = None,
     deepspeed_config: Mapping[str, Any] | None = None,
     processes: int = 1,
+    engine_dtype: str | None = None,
 ) -> Precision:
     """The precision of each part.
 
@@ -125,6 +126,7 @@ def plan_precision(
         checkpoint_dtype: the checkpoint's own dtype (config.json), from which vLLM's ``auto`` picks its dtype.
         deepspeed_config: the DeepSpeed config of the launch (its gradient dtypes), when DeepSpeed runs.
         processes: training processes (one process reduces nothing).
+        engine_dtype: the dtype the recipe gives the colocated vLLM engine (``trainer.vllm_dtype``; auto: vLLM's).
     """
     half = {"bf16": "bfloat16", "fp16": "float16"}.get(mixed or "")
     if deepspeed_mixed:
@@ -151,7 +153,10 @@ def plan_precision(
             grad_dtype, reduce_dtype = deepspeed_gradient_dtypes(deepspeed_config, None)
         gradients = f"{grad_dtype} (the fp32 weights' own gradients)"
         reduction = f"{reduce_dtype} (as accumulated)" if processes > 1 else "none (one process)"
-    if use_vllm:
+    if use_vllm and engine_dtype not in (None, "auto"):  # trainer.vllm_dtype, passed to the engine
+        rollout_dtype = engine_dtype
+        rollout = f"vLLM, {rollout_dtype} (trainer.vllm_dtype), fresh weights cast from the policy each rollout"
+    elif use_vllm:
         rollout_dtype = vllm_dtype(checkpoint_dtype)
         cast = " (vLLM's dtype auto casts a float32 checkpoint down; float16 on GPUs without bf16)"
         rollout = (
@@ -196,6 +201,7 @@ def precision_of(
         checkpoint_dtype=checkpoint_dtype,
         deepspeed_config=deepspeed_config,
         processes=processes,
+        engine_dtype=getattr(args, "vllm_dtype", None),
     )
 
 

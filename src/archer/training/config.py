@@ -42,6 +42,8 @@ OBJECTIVE_OWNS: dict[str, str] = {
     "average_tokens_across_devices": "objective.aggregation (each micro-batch is weighted by its responses)",
 }
 
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")  # trainer.vllm_dtype
+
 
 def objective_owned_key_error(key: str) -> str:
     """The one-line refusal of a trainer option the objective takes over."""
@@ -118,6 +120,30 @@ class ArcherConfig(GRPOConfig):
             "rollouts still count toward max_steps but not toward the learning-rate schedule. null: never stop."
         },
     )
+    # The colocated vLLM engine's settings that TRL 1.16 does not pass (archer.training.vllm_rollouts)
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the colocated vLLM engine: auto (vLLM's choice: the checkpoint's dtype, a float32 "
+            "checkpoint served in bfloat16, or float16 without bfloat16), float32, bfloat16 or float16. float32 "
+            "gives a float32 policy's log-probs (recipes/tiny/archer-vllm.yaml). A server's dtype is its --dtype."
+        },
+    )
+    vllm_enforce_eager: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the colocated vLLM engine eagerly: no CUDA graphs on GPUs (slower decoding), no "
+            "torch.compile on CPU (the engine starts in seconds instead of 20-40 s)."
+        },
+    )
+    vllm_kv_cache_gib: float | None = field(
+        default=None,
+        metadata={
+            "help": "KV cache of the colocated vLLM engine in GiB, instead of what vllm_gpu_memory_utilization "
+            "leaves for it. On CPU that fraction is of the host's RAM, minus what the training process already "
+            "uses: a fixed size runs the same on any machine."
+        },
+    )
     push_checkpoints: bool = field(
         default=False,
         metadata={"help": "Push each saved checkpoint to the Hub repo hub_model_id, on its own revision branch."},
@@ -131,6 +157,7 @@ class ArcherConfig(GRPOConfig):
             raise ValueError(
                 "push_checkpoints needs hub_model_id (the Hub repo, org/name, that receives the branches)"
             )
+        self._check_vllm_engine()
         objective = self.objective_config()  # validates preset and overrides
         derived_beta = max(objective.knowledge_kl, objective.reasoning_kl)
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
@@ -159,6 +186,20 @@ class ArcherConfig(GRPOConfig):
         self.batch = batch
         self.responses_per_step = batch.responses_per_step
         self.gradient_accumulation_steps = 1  # the Trainer's step is one rollout; ArcherTrainer accumulates
+
+    def _check_vllm_engine(self) -> None:
+        if self.vllm_dtype not in VLLM_DTYPES:
+            raise ValueError(f"vllm_dtype {self.vllm_dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
+        if self.vllm_kv_cache_gib is not None and not self.vllm_kv_cache_gib > 0:
+            raise ValueError(f"vllm_kv_cache_gib={self.vllm_kv_cache_gib}: must be > 0 (or null)")
+        if self.use_vllm and self.vllm_mode != "colocate":
+            unset = {"vllm_dtype": "auto", "vllm_enforce_eager": False, "vllm_kv_cache_gib": None}
+            for name, default in unset.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name} applies to the colocated engine; a vLLM server takes its own settings (vllm serve "
+                        "--dtype, --enforce-eager, --kv-cache-memory-bytes)"
+                    )
 
     def _resolve_batch(self, world: int, accumulation: int, steps_per_generation: int | None) -> Batch:
         return resolve_batch(

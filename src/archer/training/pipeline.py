@@ -21,7 +21,7 @@ import yaml
 
 from archer.errors import UserError
 from archer.files import YAML_LOADER, atomic_write_json, atomic_write_text
-from archer.recipe import Recipe
+from archer.recipe import Recipe, check_cpu_run
 from archer.training import run_folder
 from archer.versions import versions
 
@@ -53,6 +53,7 @@ def run_training(recipe: Recipe, resume: bool = True) -> dict[str, Any]:
 
     from archer.training.preemption import StopSignals
 
+    check_cpu_run(recipe)  # vLLM rollouts on a machine without CUDA: what vLLM's CPU build cannot do, before any write
     state = PartialState()
     if recipe.model.cpu_threads:
         import torch

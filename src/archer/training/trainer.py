@@ -40,6 +40,7 @@ from archer.objective import compute_objective
 from archer.training.batch import rollout_schedule
 from archer.training.callbacks import RolloutCounter
 from archer.training.config import ArcherConfig
+from archer.training.vllm_rollouts import archer_vllm_generation
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class ArcherTrainer(GRPOTrainer):
     model: torch.nn.Module  # GRPOTrainer always has one
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        with archer_vllm_generation(self):  # vLLM rollouts: the recipe's engine dtype, a sync that works on CPU
+            super().__init__(*args, **kwargs)
         if not isinstance(self.args, ArcherConfig):
             raise TypeError("ArcherTrainer needs an ArcherConfig")
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset):

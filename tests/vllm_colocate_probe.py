@@ -4,8 +4,7 @@ at each point that matters. Prints one JSON object.
 
 A process of its own because an in-process engine changes the process for good: vLLM's CPU worker turns
 ``torch.set_num_threads`` into a no-op and re-seeds the global RNGs, the engine joins a torch.distributed group, TRL
-sets RANK / WORLD_SIZE / MASTER_PORT; and another test module may have dropped the real ``vllm`` from
-``sys.modules`` (tests/test_eval_vllm.py swaps in a stand-in), after which importing it again fails.
+sets RANK / WORLD_SIZE / MASTER_PORT.
 
     python tests/vllm_colocate_probe.py WORKDIR
 """

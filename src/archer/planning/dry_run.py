@@ -12,7 +12,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from archer.errors import UserError
-from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
+from archer.planning.memory import (
+    DEFAULT_GPU_MEMORY_GIB,
+    DTYPE_BYTES,
+    GIB,
+    MemoryEstimate,
+    estimate_memory,
+    vllm_sequences_in_cache,
+)
 from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
 from archer.planning.precision import Precision, mixed_precision, precision_of
 from archer.training.batch import BatchPlan, plan_recipe, raw_trainer
@@ -61,12 +68,21 @@ def _precision(recipe: Any, stage: int) -> Precision:
     return precision_of(recipe, deepspeed_mixed=deepspeed_mixed, checkpoint_dtype=checkpoint_dtype)
 
 
-def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> list[str]:
+def estimate_recipe_memory(
+    recipe: Any, num_processes: int | None = None, *, zero_stage: int, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB
+) -> MemoryEstimate:
+    """The memory estimate per GPU that ``--dry-run`` prints, for ``zero_stage`` as given (0: no DeepSpeed; one
+    process under ZeRO-3 keeps stage 3), so that a measured peak can be set beside it (bench/gpu/proof.py)."""
+    plan = plan_recipe(recipe, num_processes)
+    return _estimate(recipe, plan, zero_stage, gpu_memory_gib, _precision(recipe, zero_stage))
+
+
+def _estimate(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> MemoryEstimate:
     args, world = recipe.trainer, plan.num_processes
     shape = _model_shape(recipe)
     dtype_bytes = DTYPE_BYTES.get(precision.load_dtype, 2)  # the weights as trained (DeepSpeed: half; else fp32)
     activation_bytes = 4 if precision.compute == "float32" else 2
-    memory = estimate_memory(
+    return estimate_memory(
         shape,
         world_size=world,
         zero_stage=stage,
@@ -82,6 +98,12 @@ def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: floa
         vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
         gpu_memory_gib=gpu_memory_gib,
     )
+
+
+def _memory_lines(recipe: Any, plan: BatchPlan, stage: int, gpu_memory_gib: float, precision: Precision) -> list[str]:
+    args, world = recipe.trainer, plan.num_processes
+    shape = _model_shape(recipe)
+    memory = _estimate(recipe, plan, stage, gpu_memory_gib, precision)
     states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
     if states > memory.gpu_memory_bytes:
         raise UserError(

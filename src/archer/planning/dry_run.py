@@ -15,7 +15,14 @@ from typing import Any
 from archer.errors import UserError
 from archer.files import short
 from archer.planning.checkpoint import DEFAULT_WRITE_MB_S, checkpoint_size, preemption_lines
-from archer.planning.memory import DEFAULT_GPU_MEMORY_GIB, DTYPE_BYTES, GIB, estimate_memory, vllm_sequences_in_cache
+from archer.planning.memory import (
+    DEFAULT_GPU_MEMORY_GIB,
+    DTYPE_BYTES,
+    GIB,
+    MemoryEstimate,
+    estimate_memory,
+    vllm_sequences_in_cache,
+)
 from archer.planning.model_shape import ModelShape, config_file_for, load_model_shape
 from archer.planning.precision import Precision, mixed_precision, precision_of
 from archer.training.batch import BatchPlan, plan_recipe, raw_trainer
@@ -149,7 +156,23 @@ def _with_gradient_costs(
     return [line + next((cost for head, cost in costs.items() if line.startswith(head)), "") for line in lines]
 
 
-def _memory_lines(
+def estimate_recipe_memory(
+    recipe: Any,
+    num_processes: int | None = None,
+    *,
+    zero_stage: int,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    deepspeed_config: str | Path | None = None,
+) -> MemoryEstimate:
+    """The memory estimate per GPU that ``--dry-run`` prints, for ``zero_stage`` as given (0: no DeepSpeed; one
+    process under ZeRO-3 keeps stage 3), so that a measured peak can be set beside it (bench/gpu/proof.py)."""
+    plan = plan_recipe(recipe, num_processes)
+    ds_config = read_deepspeed_config(deepspeed_config or default_deepspeed_config()) if zero_stage else None
+    precision = _precision(recipe, zero_stage, ds_config, plan.num_processes)
+    return _estimate(recipe, plan, zero_stage, gpu_memory_gib, precision, _model_shape(recipe), ds_config)
+
+
+def _estimate(
     recipe: Any,
     plan: BatchPlan,
     stage: int,
@@ -157,11 +180,11 @@ def _memory_lines(
     precision: Precision,
     shape: ModelShape,
     ds_config: dict[str, Any] | None,
-) -> list[str]:
+) -> MemoryEstimate:
     args, world = recipe.trainer, plan.num_processes
     dtype_bytes = DTYPE_BYTES[precision.weights_dtype]  # the weights as trained (DeepSpeed: half; else fp32)
     activation_bytes = 4 if precision.compute == "float32" else 2
-    memory = estimate_memory(
+    return estimate_memory(
         shape,
         world_size=world,
         zero_stage=stage,
@@ -179,6 +202,19 @@ def _memory_lines(
         vllm_sleep_mode=bool(args.vllm_enable_sleep_mode),
         gpu_memory_gib=gpu_memory_gib,
     )
+
+
+def _memory_lines(
+    recipe: Any,
+    plan: BatchPlan,
+    stage: int,
+    gpu_memory_gib: float,
+    precision: Precision,
+    shape: ModelShape,
+    ds_config: dict[str, Any] | None,
+) -> list[str]:
+    args, world = recipe.trainer, plan.num_processes
+    memory = _estimate(recipe, plan, stage, gpu_memory_gib, precision, shape, ds_config)
     states = sum(v for k, v in memory.items.items() if k in ("weights", "gradients", "optimizer states"))
     if states > memory.gpu_memory_bytes:
         raise UserError(

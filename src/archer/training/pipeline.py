@@ -330,8 +330,16 @@ def reward_funcs(recipe: Recipe, tokenizer: Any = None) -> list:
 
 
 def _build_trainer(
-    recipe: Recipe, model_path: str, train_dataset: datasets.Dataset, run_id: str | None
+    recipe: Recipe,
+    model_path: str,
+    train_dataset: datasets.Dataset,
+    run_id: str | None,
+    trainer_class: Callable[..., Any] | None = None,
 ) -> ArcherTrainer:
+    """The recipe's trainer, built as ``archer train`` builds it (precision plan, callbacks), not yet trained.
+
+    ``trainer_class``: another GRPOTrainer class to build with the same arguments (bench/gpu/proof.py builds TRL's
+    stock GRPOTrainer as its reference this way); training always uses ArcherTrainer."""
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -372,7 +380,7 @@ def _build_trainer(
                 args.hub_model_id, branch_prefix=args.checkpoint_revision_prefix, private=bool(args.hub_private_repo)
             )
         )
-    trainer = ArcherTrainer(
+    trainer = (trainer_class or ArcherTrainer)(
         model=model_path,
         reward_funcs=reward_funcs(recipe, tokenizer),
         args=args,

@@ -96,6 +96,7 @@ system-deps: ## bubblewrap and libseccomp, the code sandbox (installed with apt-
 	  else echo "error: the code sandbox and its tests need: sudo apt-get install bubblewrap libseccomp2"; exit 2; fi; }
 
 test: $(VLLM_STAMP) system-deps ## run the whole offline test suite (end-to-end tests included; real vLLM on CPU)
+	$(BIN)/python bench/gpu/wheelset.py fetch  # the GPU proof's wheel sets, cached: its rehearsal test reads them
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VLLM_STAMP) system-deps ## the tests not marked slow

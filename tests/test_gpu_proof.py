@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -200,18 +199,13 @@ def _machine_site(site: Path) -> list[str]:
 
 
 def _wheels(python_version: str) -> Path:
-    """wheels.txt's wheels for ``python_version``, fetched once into a cache (bench/gpu/fetch_wheels.sh)."""
-    digest = hashlib.sha256(wheelset.WHEELS_TXT.read_bytes()).hexdigest()[:12]
-    cache = Path(os.environ.get("ARCHER_WHEEL_CACHE") or Path.home() / ".cache" / "archer" / "wheels")
-    folder = cache / f"gpu-proof-py{python_version}-{digest}"
-    if not (folder / "complete").is_file():
-        done = subprocess.run(["bash", str(GPU / "fetch_wheels.sh"), str(folder), python_version],
-                              env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            if "\nerror: " in "\n" + done.stderr:  # fetched, but wheelset.py's check found the set open
-                pytest.fail(done.stderr[-3000:])
-            pytest.skip(f"could not fetch the wheel set (offline?): {done.stderr.strip().splitlines()[-1:]}")
-        (folder / "complete").write_text("")
+    """wheels.txt's wheels for ``python_version``, from the cache that ``make test`` fills before the tests
+    (``python bench/gpu/wheelset.py fetch``: the network is reached there, never here)."""
+    folder = wheelset.cache_folder(python_version)
+    assert (folder / "complete").is_file(), (
+        f"no wheel set for Python {python_version} in {folder}: `make test` fetches it first "
+        "(or run `python bench/gpu/wheelset.py fetch`)"
+    )
     return folder
 
 

@@ -17,7 +17,9 @@ accepts where machine.txt gives one).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -127,6 +129,28 @@ def check(folder: Path, python_version: str) -> list[str]:
     return problems
 
 
+def cache_folder(python_version: str) -> Path:
+    """Where the wheel set for ``python_version`` is kept between runs (``$ARCHER_WHEEL_CACHE``, else
+    ``~/.cache/archer/wheels``), named by wheels.txt's digest so that a new set is fetched anew."""
+    digest = hashlib.sha256(WHEELS_TXT.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("ARCHER_WHEEL_CACHE") or Path.home() / ".cache" / "archer" / "wheels")
+    return cache / f"gpu-proof-py{python_version}-{digest}"
+
+
+def fetch(python_version: str) -> Path:
+    """The cached wheel set for ``python_version``, fetched and checked once (bench/gpu/fetch_wheels.sh: network).
+    ``make test`` runs this before the tests, which read the cache and never reach the network themselves."""
+    folder = cache_folder(python_version)
+    if not (folder / "complete").is_file():
+        subprocess.run(
+            ["bash", str(HERE / "fetch_wheels.sh"), str(folder), python_version],
+            env=dict(os.environ, PYTHON=sys.executable),
+            check=True,
+        )
+        (folder / "complete").write_text("")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/gpu/wheelset.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="check a wheel folder against wheels.txt and machine.txt")
     p_check.add_argument("folder", type=Path)
     p_check.add_argument("--python-version", default="3.12")
+    p_fetch = sub.add_parser("fetch", help="fetch and check the cached wheel sets the tests rehearse with (network)")
+    p_fetch.add_argument("--python-version", action="append", default=None, help="repeatable (default: 3.12 and ours)")
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+        for version in args.python_version or sorted({"3.12", ours}):
+            print(f"{fetch(version)}: the wheel set for Python {version}")
+        return 0
     if args.command == "resolve":
         return resolve(args.python)
     problems = check(args.folder, args.python_version)

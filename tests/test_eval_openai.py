@@ -12,6 +12,7 @@ Only what a real server cannot be made to do runs against the stand-in of tests/
 """
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def server(vllm_model_dir, tmp_path_factory):
     with VLLMServer(vllm_model_dir, tmp_path_factory.mktemp("vllm-server") / "server.log") as running:
         assert len(process_group(running.process.pid)) >= 2  # the server and its engine core
         yield running
+    deadline = time.monotonic() + 10  # a SIGKILLed process leaves the table a moment after the signal
+    while process_group(running.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert process_group(running.process.pid) == []  # stopped with its engine processes
 
 

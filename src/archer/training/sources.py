@@ -45,7 +45,7 @@ def check_sources(recipe: Any) -> list[str]:
 
 def machine_problems(recipe: Any) -> list[str]:
     """What this machine lacks for the recipe (a dry run may plan for another machine: it prints these; the launch
-    stops on the first). bf16 without a GPU that has it is refused by transformers when the recipe is built."""
+    stops on the first)."""
     import importlib.util
 
     args, problems = recipe.trainer, []
@@ -53,7 +53,11 @@ def machine_problems(recipe: Any) -> list[str]:
         problems.append(f"{recipe.path}: trainer.use_vllm: vLLM is not installed here (make install-gpu)")
     if args.bf16:
         import torch
+        from transformers.utils import is_torch_bf16_available_on_device
 
-        if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-            problems.append(f"{recipe.path}: trainer.bf16: this machine has no GPU with bf16")
+        # transformers' own rule: a GPU with bf16, or without CUDA the CPU's bf16 (DeepSpeed's bf16 runs there too)
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            problems.append(f"{recipe.path}: trainer.bf16: this machine's GPU has no bf16 (use fp16 or float32)")
+        elif not torch.cuda.is_available() and not is_torch_bf16_available_on_device("cpu"):
+            problems.append(f"{recipe.path}: trainer.bf16: no GPU here, and this CPU build of torch has no bf16")
     return problems

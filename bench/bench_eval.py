@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -142,21 +140,12 @@ def run(quick: bool = False) -> list[dict]:
     ]
 
 
-def fresh_vllm_import_s() -> float:
-    """What importing vLLM (archer's engine module) adds to a fresh process that has already imported transformers
-    (as ``archer eval`` always has): measured in a subprocess, so the order of the benches does not matter."""
-    code = (
-        "import time, torch, transformers; t = time.perf_counter(); "
-        "from archer.evaluation.backends import vllm_engine; print(time.perf_counter() - t)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def _backends(model: str, ids: list[list[int]], sampling: Sampling, seed: int, repeats: int) -> list:
     """``--backend vllm`` vs ``--backend transformers``: warm generation, then a run's decoding from a fresh start."""
     from archer.evaluation.backends.vllm import VLLMBackend
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_rollout import fresh_vllm_import_s  # the same measurement as the rollout bench's
 
     vllm_import = fresh_vllm_import_s()
     t0 = time.perf_counter()

@@ -196,3 +196,12 @@ def _check_expansion(value: Any, where: str) -> None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON file holding an object; None when it is missing, torn or not an object (a reader that must not fail)."""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from archer.files import atomic_write_json, atomic_write_text
+from archer.files import atomic_write_json, atomic_write_text, read_json_object
 
 SCHEMA_VERSION = 2
 PARTIAL = ".partial"  # suffix of a run folder being written
@@ -104,7 +104,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 def find_unfinished(parent: Path, key: str) -> Path | None:
     """The partial run folder under ``parent`` whose run key is ``key`` (None: none)."""
     for progress in sorted(parent.glob(f"*{PARTIAL}/{PROGRESS_FILE}")):
-        value = _json_object(progress)
+        value = read_json_object(progress)
         if value is not None and value.get("key") == key:
             return progress.parent
     return None
@@ -121,7 +121,7 @@ def start_partial(parent: Path, stem: str, progress: Mapping[str, Any]) -> Path:
 
 
 def read_progress(partial: Path) -> dict[str, Any]:
-    return _json_object(partial / PROGRESS_FILE) or {}
+    return read_json_object(partial / PROGRESS_FILE) or {}
 
 
 def update_progress(partial: Path, **values: Any) -> None:
@@ -139,7 +139,7 @@ def finished_tasks(partial: Path) -> dict[str, dict[str, Any]]:
     """The ``tasks`` entries a partial folder holds, by task name (an unreadable one counts as not done)."""
     done = {}
     for path in sorted((partial / TASKS_DIR).glob("*.json")):
-        entry = _json_object(path)
+        entry = read_json_object(path)
         if entry is not None and (partial / "details" / f"{path.stem}.jsonl").is_file():
             done[path.stem] = entry
     return done
@@ -157,11 +157,3 @@ def finish_run(partial: Path, results: Mapping[str, Any]) -> Path:
     shutil.rmtree(final / TASKS_DIR, ignore_errors=True)
     (final / PROGRESS_FILE).unlink(missing_ok=True)
     return final
-
-
-def _json_object(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.errors import UserError
-from archer.files import atomic_write_json
+from archer.files import atomic_write_json, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_run_id(out: Path) -> str | None:
     path = out / RUN_FILE
     if not path.is_file():
         return None
-    value = _json_object(path)
+    value = read_json_object(path)
     if value is None or not isinstance(value.get("run_id"), str):
         raise UserError(f"{path}: not a run file written by archer; move the folder aside or remove {RUN_FILE}")
     return value["run_id"]
@@ -113,7 +113,7 @@ def resume_point(out: Path, max_steps: int, log: bool = True) -> ResumePoint:
         return ResumePoint(None, None, False, None)
 
     checkpoint = newest_checkpoint(out, run_id, log)
-    results = _json_object(out / TRAIN_RESULTS)
+    results = read_json_object(out / TRAIN_RESULTS)
     if results is not None and results.get("run_id") != run_id:
         results = None
     target = max_steps if max_steps > 0 else (checkpoint.max_steps if checkpoint else None)
@@ -132,7 +132,7 @@ def newest_checkpoint(out: Path, run_id: str, log: bool = True) -> Checkpoint | 
         reverse=True,
     )
     for step, path in found:
-        state = _json_object(path / TRAINER_STATE)
+        state = read_json_object(path / TRAINER_STATE)
         problem = checkpoint_problem(path, step, state)
         if problem is not None or state is None:  # a None state always has a problem
             if log:
@@ -166,7 +166,7 @@ def checkpoint_problem(path: Path, step: int, state: dict[str, Any] | None) -> s
 
 def model_is_complete(folder: Path) -> bool:
     """A saved model folder whose config.json parses and whose weight files are whole."""
-    if _json_object(folder / "config.json") is None or not _has_weights(folder):
+    if read_json_object(folder / "config.json") is None or not _has_weights(folder):
         return False
     return not any(file_problem(f) for f in folder.glob("*.safetensors")) and not any(
         file_problem(f) for f in folder.glob("*.bin")
@@ -230,15 +230,6 @@ def _run_id_of(state: dict[str, Any]) -> str | None:
     if isinstance(entry, list):  # the Trainer stores several callbacks of one class as a list
         entry = entry[0] if entry else None
     return ((entry or {}).get("args") or {}).get("run_id") if isinstance(entry, dict) else None
-
-
-def _json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON file holding an object; None when missing, torn or not an object."""
-    try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def newest_run(root: str | os.PathLike = "outputs", trained: bool = False) -> Path:

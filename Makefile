@@ -86,8 +86,8 @@ push: $(STAMP) ## push MODEL (a run folder) to the Hub as REPO [REVISION=branch]
 bench: $(STAMP) ## measure Archer's cost as ratios against references; writes bench/results/<date>.md
 	$(BIN)/python bench/run.py $(ARGS)
 
-ablate: $(STAMP) ## compare RECIPES (default: the 4 tiny objectives) over SEEDS seeds; no RECIPES: regenerates README's table
-	$(BIN)/archer ablate $(RECIPES) --seeds $(SEEDS) $(if $(RECIPES),,--readme README.md) $(ARGS)
+ablate: $(STAMP) ## compare RECIPES (default: the 4 tiny objectives) over SEEDS seeds; no RECIPES: regenerates docs/ablations.md's tables
+	$(BIN)/archer ablate $(RECIPES) --seeds $(SEEDS) $(if $(RECIPES),,--doc docs/ablations.md) $(ARGS)
 
 system-deps: ## bubblewrap and libseccomp, the code sandbox (installed with apt-get when run as root)
 	@{ command -v bwrap && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2'; } >/dev/null || { \

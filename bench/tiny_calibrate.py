@@ -21,7 +21,7 @@ after RL come from the runs' ``train_results.json``.
 
     python bench/tiny_calibrate.py sft CONFIG... [--seeds 5] [--workers 2]
     python bench/tiny_calibrate.py rl CONFIG... [--seeds 5] [--workers 2]
-    python bench/tiny_calibrate.py table [CONFIG...]        # the README's calibration table
+    python bench/tiny_calibrate.py table [CONFIG...]        # the calibration table of docs/ablations.md
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ if (( NUM_GPUS == 0 )); then
   echo "error: no GPU visible: server-mode rollouts need CUDA GPUs (TRL sends the new weights over NCCL); on CPU" \
     "train with trainer.vllm_mode: colocate. To serve generation alone with vLLM's CPU build: VLLM_SERVER_DEV_MODE=1" \
     "python -m vllm.entrypoints.openai.api_server --model $SERVED --dtype float32" \
-    "--kv-cache-memory-bytes 1G (README: vLLM rollouts on CPU)" >&2
+    "--kv-cache-memory-bytes 1G (docs/scaling.md: vLLM rollouts on CPU)" >&2
   exit 2
 fi
 TP=${VLLM_TP:-1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 from paths import ROOT
 
 from archer.ablation.plan import Variant, plan_ablation, variants_from_recipes
-from archer.ablation.report import README_BEGIN, README_END, render_markdown, summarize, update_readme
+from archer.ablation.report import BLOCK_BEGIN, BLOCK_END, render_markdown, summarize, update_block
 from archer.ablation.stats import mean_ci
 from archer.errors import UserError
 from archer.recipe import load_recipe
@@ -132,14 +133,25 @@ def test_summary_tables_and_paired_differences(tmp_path):
     assert render_markdown(again) == text
 
 
-def test_readme_block_is_replaced_between_markers_only(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
-    update_readme(readme, "| new | table |\n")
-    assert readme.read_text() == f"# title\n\nbefore\n{README_BEGIN}\n| new | table |\n{README_END}\nafter\n"
+def test_doc_block_is_replaced_between_markers_only(tmp_path):
+    doc = tmp_path / "ablations.md"
+    doc.write_text(f"# title\n\nbefore\n{BLOCK_BEGIN}\nold table\n{BLOCK_END}\nafter\n")
+    update_block(doc, "| new | table |\n")
+    assert doc.read_text() == f"# title\n\nbefore\n{BLOCK_BEGIN}\n| new | table |\n{BLOCK_END}\nafter\n"
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(UserError, match="no .* block"):
-        update_readme(tmp_path / "plain.md", "x")
+        update_block(tmp_path / "plain.md", "x")
+
+
+def test_make_ablate_regenerates_the_one_block_there_is():
+    """`make ablate` names the file holding the generated block (docs/ablations.md), and no other page keeps a copy."""
+    target = re.search(r"--doc ([^\s)]+)", (ROOT / "Makefile").read_text())
+    assert target and target.group(1) == "docs/ablations.md"
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "eval" / "README.md"]
+    holders = [p.relative_to(ROOT).as_posix() for p in pages if BLOCK_BEGIN in p.read_text()]
+    assert holders == ["docs/ablations.md"]
+    text = (ROOT / "docs" / "ablations.md").read_text()
+    assert text.count(BLOCK_BEGIN) == text.count(BLOCK_END) == 1 and text.index(BLOCK_BEGIN) < text.index(BLOCK_END)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ run.sh's start, the install included; a part that would start with less than it 
       (c) ``archer eval --backend vllm`` on the tiny suite where vLLM is importable (on the lent machine: skipped)
 
 Without a GPU (``--device cpu``, or none visible) every part runs on the embedded tiny model with small shapes and
-the table says so: that is the form CI runs (``--part all``). On the device tool (README, "GPU proof"):
+the table says so: that is the form CI runs (``--part all``). On the device tool (docs/benchmarks.md, "GPU proof"):
 
     bash bench/gpu/fetch_wheels.sh                      # here, once: .whl/ (ignored), the wheels of wheels.txt
     run: bash bench/gpu/run.sh .whl --part first --out $OUT/first.md        carry [".whl"], timeout_s 170

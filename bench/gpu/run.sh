@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU proof on a bare machine: install the carried wheels (no network there), then run bench/gpu/proof.py.
 #
-#   bash bench/gpu/run.sh WHEELS [proof.py arguments]     on the device tool (README, "GPU proof"):
+#   bash bench/gpu/run.sh WHEELS [proof.py arguments]     on the device tool (docs/benchmarks.md, "GPU proof"):
 #       bash bench/gpu/run.sh .whl --part first --out $OUT/first.md      then   ... --part rest --out $OUT/rest.md
 #   bash bench/gpu/run.sh - [proof.py arguments]          install nothing: the packages are there
 #

@@ -1,4 +1,5 @@
-"""YAML recipes: open-r1 style blocks, parsed into typed configs with one-line errors.
+"""YAML recipes: nested blocks, one per part of a run (open-r1's recipes are flat), parsed into typed configs with
+one-line errors.
 
 A recipe has the blocks ``model``, ``data``, ``objective``, ``trainer`` and, for the embedded tiny model, ``sft``::
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from archer.ablation.jobs import exclusive, execute
 from archer.ablation.plan import DEFAULT_OUT, Variant, plan_ablation, variants_from_recipes
-from archer.ablation.report import summarize, update_readme, write_outputs
+from archer.ablation.report import summarize, update_block, write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -50,4 +50,4 @@ def run_ablation(
     return summary, failures
 
 
-__all__ = ["run_ablation", "update_readme", "variants_from_recipes"]
+__all__ = ["run_ablation", "update_block", "variants_from_recipes"]

@@ -27,18 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override every recipe, e.g. --set trainer.max_steps=50 (repeatable)",
     )  # fmt: skip
     parser.add_argument(
-        "--readme", default=None, help="also regenerate the ablate block of this README (between its markers)"
+        "--doc", default=None, help="also regenerate the ablate block of this page (make ablate: docs/ablations.md)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from archer.ablation import run_ablation, update_readme, variants_from_recipes
+    from archer.ablation import run_ablation, update_block, variants_from_recipes
     from archer.commands.train import quiet_third_party
 
     recipes = args.recipes or DEFAULT_RECIPES
-    readme = Path(args.readme) if args.readme else None
-    if readme is not None and not readme.is_file():
-        raise UserError(f"--readme {readme}: no such file")
+    doc = Path(args.doc) if args.doc else None
+    if doc is not None and not doc.is_file():
+        raise UserError(f"--doc {doc}: no such file")
     command = "archer ablate " + " ".join(
         [*map(shlex.quote, recipes), f"--seeds {args.seeds}", *(f"--set {shlex.quote(o)}" for o in args.overrides)]
     )
@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     markdown = (Path(args.out) / "ablation.md").read_text()
     print(markdown)
     print(f"tables: {args.out}/ablation.md, values: {args.out}/ablation.json, curves: {args.out}/learning_curves.png")
-    if readme is not None and not failures:
-        update_readme(readme, markdown)
-        print(f"regenerated the ablate block of {readme}")
+    if doc is not None and not failures:
+        update_block(doc, markdown)
+        print(f"regenerated the ablate block of {doc}")
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
     return 1 if failures else 0

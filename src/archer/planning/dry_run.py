@@ -302,7 +302,7 @@ def _reward_lines(data: Any) -> list[str]:
     if "math" in data.rewards:
         lines.append(
             "math reward: the last \\boxed{} checked against the answer with Math-Verify (parse + verify); the "
-            "authors' run: rllm's mathd / sympy graders, then a Math-Verify exact string match (README: What differs)"
+            "authors' run: rllm's mathd / sympy graders, then a Math-Verify exact string match (docs/differences.md)"
         )
     if "code" in data.rewards:
         tests = f"at most {data.max_tests} random tests" if data.max_tests else "every test"

@@ -8,7 +8,9 @@ FAULT is ``none`` or one of:
   SECONDS;
 - ``slow-build:SECONDS:MARKER``: building the trainer creates ``MARKER.<rank>`` first and sleeps SECONDS;
 - ``enospc:STEP``: writing ``optimizer.pt`` of ``checkpoint-STEP`` stops halfway with OSError(ENOSPC), as a full
-  disk does.
+  disk does;
+- ``stall-filter:N:MARKER``: `archer filter`, once it has written its N-th shard, creates ``MARKER`` and sleeps
+  an hour (for a test to kill it there).
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def install(fault: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(f))
 
         torch.save = torch_save
+    elif kind == "stall-filter":
+        from archer.data import filtering
+
+        count, marker = arg.split(":", 1)
+        write_shard, written = filtering.write_shard, []
+
+        def stalling_write_shard(partial, record):
+            write_shard(partial, record)
+            written.append(record["shard"])
+            if len(written) == int(count):
+                Path(marker).touch()
+                time.sleep(3600)
+
+        filtering.write_shard = stalling_write_shard
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -165,6 +165,21 @@ def test_load_training_dataset_from_local_files(tmp_path):
     assert out[0]["prompt"] == [{"role": "system", "content": "Think."}, {"role": "user", "content": "1+1?"}]
 
 
+def test_an_archer_filter_output_is_read_as_prepared_data_whatever_the_recipes_loader(tmp_path):
+    """A paper recipe (loader deepscaler, or verl with a data file) pointed at a filter output with only data.dataset
+    changed: its rows were converted when they were filtered, so they are read as they are."""
+    folder = tmp_path / "filtered"
+    rows = [{"prompt": [{"role": "user", "content": "1+1?"}], "problem": "1+1?", "solution": "2", "pass_rate": 0.5}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    (folder / "filter.json").write_text(json.dumps({"model": "org/model", "k": 8}))
+    for loader, data_files in (("deepscaler", None), ("verl", "train/archercoder-1.5b-train.json")):
+        out = load_training_dataset(DataArgs(dataset=str(folder), loader=loader, data_files=data_files))
+        assert out.to_list() == rows, loader
+    (folder / "filter.json").unlink()  # without the record, the loader is applied as the recipe says
+    with pytest.raises(UserError, match="loader 'deepscaler' needs column 'answer'"):
+        load_training_dataset(DataArgs(dataset=str(folder), loader="deepscaler"))
+
+
 def test_user_errors(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"question": "1+1?", "gold": "2"}) + "\n")

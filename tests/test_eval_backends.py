@@ -1,6 +1,14 @@
 """Backend choice and prompt formatting (the vLLM and server backends: test_eval_vllm.py, test_eval_openai.py)."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
+from paths import ROOT
 
 from archer.errors import UserError
 from archer.evaluation import backends
@@ -63,3 +71,46 @@ def test_prompt_styles():
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     texts, ids = encode_prompts(tokenizer, ["Compute 1+2."], "chat")
     assert texts == ["<user>Compute 1+2.<assistant>"] and tokenizer.decode(ids[0]) == texts[0]
+
+
+CHILD_SCRIPT = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+
+from archer.evaluation.backends.vllm import _die_with_parent
+
+
+def engine(parent, marker):
+    _die_with_parent(parent)  # what each data-parallel engine process does first
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(3600)  # busy, as an engine mid-generation
+
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=engine, args=(os.getpid(), sys.argv[1])).start()
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_an_engine_process_dies_with_the_process_that_started_it(tmp_path):
+    """A SIGKILL of `archer` (which no handler sees) leaves no data-parallel engine process behind, busy or not."""
+    script, marker = tmp_path / "parent.py", tmp_path / "engine.pid"
+    script.write_text(CHILD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    parent = subprocess.Popen([sys.executable, str(script), str(marker)], env=env)
+    engine = None
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() or not marker.read_text():
+            assert parent.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        engine = psutil.Process(int(marker.read_text()))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        engine.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlived its parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if engine is not None and engine.is_running():
+            engine.kill()  # the test failed: leave no process behind

@@ -4,6 +4,8 @@ with the same line, exit 2, before anything is written (slurm/train.slurm relies
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import time
 
 import pytest
@@ -109,3 +111,41 @@ def test_dry_run_notes_what_this_machine_lacks_where_the_launch_stops(workdir, t
     assert main(["train", str(path)]) == 2
     assert "trainer.use_vllm: vLLM is not installed here" in capsys.readouterr().err
     assert not (workdir / "out").exists()
+
+
+def test_unfiltered_data_is_a_warning_line_in_the_dry_run_and_a_logged_warning_at_launch(
+    workdir, tiny_model_dir, capsys, caplog, monkeypatch
+):
+    """data.expect_filtered with data no `archer filter` made for the model: the dry run prints one warning line and
+    passes; the launch logs the same warning and goes on (never an error)."""
+    from archer.training import pipeline
+
+    (workdir / "data.jsonl").write_text('{"prompt": "1+1", "solution": "2"}\n')
+    path = workdir / "recipe.yaml"
+    blocks = {
+        "data": {"dataset": "data.jsonl", "expect_filtered": True, "max_prompt_tokens": 512},
+        "trainer": {"max_completion_length": 64},
+    }
+    path.write_text(yaml.safe_dump(_recipe(workdir, tiny_model_dir, **blocks)))
+    expected = (
+        f"training data data.jsonl is not pass-rate filtered for {tiny_model_dir} (the paper filters: archer filter "
+        f"data.jsonl data/data-filtered --model {tiny_model_dir} --reward math --max-prompt-tokens 512 "
+        "--max-new-tokens 64, then data.dataset=data/data-filtered)"
+    )
+    assert main(["train", str(path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("warning:")] == [f"warning: {expected}"]
+
+    monkeypatch.setattr(pipeline, "run_training", lambda recipe, resume: {})  # the launch up to the training
+    with caplog.at_level(logging.INFO, logger="archer.train"):
+        assert main(["train", str(path)]) == 0
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        ("WARNING", expected)
+    ]
+
+    filtered = workdir / "filtered"  # an archer filter output for this model: no warning
+    filtered.mkdir()
+    (filtered / "problems.jsonl").write_text('{"prompt": "1+1", "solution": "2"}\n')
+    (filtered / "filter.json").write_text(json.dumps({"model": str(tiny_model_dir), "k": 8}))
+    assert main(["train", str(path), "data.dataset=filtered", "--dry-run"]) == 0
+    assert "warning:" not in capsys.readouterr().out

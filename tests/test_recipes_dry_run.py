@@ -279,3 +279,57 @@ def test_slurm_log_path_needs_no_folder_made_first():
     lines = (ROOT / "slurm" / "train.slurm").read_text().splitlines()
     (output,) = [line.split("=", 1)[1] for line in lines if line.startswith("#SBATCH --output=")]
     assert "/" not in output
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=_id)
+def test_paper_recipes_warn_when_their_data_is_not_filtered_for_their_model(path, tmp_path):
+    """The rule (archer.data.filter_marker): a folder whose filter.json names the recipe's model, or the authors'
+    released code set for the model they filtered it for, is filtered; anything else gets one warning line with
+    the command that filters it."""
+    from archer.training.sources import unfiltered_data_warning
+
+    recipe = load_recipe_for_plan(path)
+    model = recipe.model.name_or_path
+    assert recipe.data.expect_filtered
+    warning = unfiltered_data_warning(recipe)
+    if recipe.data.dataset == "wizardII/ArcherCodeR-Dataset":  # the paper's code recipes: the authors' own file
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith(
+            f"training data agentica-org/DeepScaleR-Preview-Dataset is not pass-rate filtered for {model} (the paper "
+            f"filters: archer filter agentica-org/DeepScaleR-Preview-Dataset data/deepscaler-filtered --model {model} "
+            "--reward math --max-prompt-tokens 2048"
+        )
+        assert warning.endswith(", then data.dataset=data/deepscaler-filtered)")
+        assert ("--max-new-tokens 8192" in warning) == ("Qwen3-4B" in path.parts)
+        assert ("enable_thinking" in warning) == ("Qwen3-4B" in path.parts)
+
+    folder = tmp_path / "filtered"
+    folder.mkdir()
+    source = "agentica-org/DeepCoder-Preview-Dataset"
+    for marker, expected in (("filter.json", model), ("filter_stats.json", model), ("filter.json", "other/model")):
+        for name in ("filter.json", "filter_stats.json"):
+            (folder / name).unlink(missing_ok=True)
+        (folder / marker).write_text(json.dumps({"model": expected, "k": 8, "dataset": source, "loader": "deepcoder"}))
+        warning = unfiltered_data_warning(load_recipe_for_plan(path, [f"data.dataset={folder}"]))
+        if expected == model:
+            assert warning is None, marker
+        else:  # filtered for another model: filter its source for this one
+            assert warning is not None and warning.startswith(
+                f"training data {folder} (filtered for other/model) is not pass-rate filtered for {model} (the paper "
+                f"filters: archer filter {source} data/deepcoder-filtered --model {model}"
+            )
+    (folder / "filter.json").unlink()
+    assert unfiltered_data_warning(load_recipe_for_plan(path, [f"data.dataset={folder}"])) is not None  # no marker
+    assert unfiltered_data_warning(load_recipe_for_plan(path, ["data.expect_filtered=false"])) is None
+    if "Qwen3-4B" in path.parts:  # the authors' set is filtered for the 1.5B, not for this model
+        other = load_recipe_for_plan(path, ["data.dataset=wizardII/ArcherCodeR-Dataset"])
+        assert "(filtered for deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B)" in (unfiltered_data_warning(other) or "")
+
+
+def test_tiny_recipes_expect_no_filtering():
+    from archer.training.sources import unfiltered_data_warning
+
+    for path in RECIPES:
+        if "tiny" in path.parts:
+            assert unfiltered_data_warning(load_recipe_for_plan(path)) is None

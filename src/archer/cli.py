@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "archer.commands.evaluate",
         "evaluate a model on a benchmark suite (lighteval tasks; transformers, vLLM or an OpenAI-compatible server)",
     ),
+    "filter": (
+        "archer.commands.filter",
+        "keep the training problems a model sometimes, but not always, solves (the paper's pass-rate filter; "
+        "sharded, resumable, data-parallel vLLM engines)",
+    ),
     "card": ("archer.commands.card", "render the model card (README.md) of a run folder"),
     "push": ("archer.commands.push", "render the card and push a run folder to the Hugging Face Hub"),
     "ablate": (

@@ -141,6 +141,15 @@ class DataArgs:
             "authors' loader does (their limit: 2048); null keeps every prompt (a filtered dataset is already short)."
         },
     )
+    expect_filtered: bool = field(
+        default=False,
+        metadata={
+            "help": "The recipe is meant to train on data pass-rate filtered for its model, as the paper's are: the "
+            "dry run and the launch warn (never stop) when data.dataset is neither an `archer filter` output for "
+            "model.name_or_path (its filter.json) nor a set its authors released filtered for that model "
+            "(archer.data.filter_marker)."
+        },
+    )
     require_think_close: bool | str = field(
         default=False,
         metadata={

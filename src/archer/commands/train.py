@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_trl_version()  # before the recipe builds TRL's config: a version outside the tested range is one line
     args.recipe = resolve_yaml(args.recipe, "recipes")
-    from archer.training.sources import check_sources, machine_problems
+    from archer.training.sources import check_sources, machine_problems, unfiltered_data_warning
 
     # The dry run makes every check the launch makes (the same recipe build, the same sources check), except that it
     # may plan for another machine: what this one lacks (vLLM, bf16) is printed, where the launch stops.
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             rollout_s=args.rollout_seconds,
         )
         print(text)
+        if warning := unfiltered_data_warning(recipe):
+            print(f"warning: {warning}")
         for problem in machine_problems(recipe):
             print(f"note: this machine cannot launch it: {problem}")
         return 0
@@ -110,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     for line in check_sources(recipe):  # the Hub asked once (or the cache offline), before anything is written
         logging.getLogger("archer.train").info("%s", line)
+    if warning := unfiltered_data_warning(recipe):
+        logging.getLogger("archer.train").warning("%s", warning)
     if problems := machine_problems(recipe):
         raise UserError(problems[0])
     from archer.network import network_errors

@@ -7,7 +7,9 @@ Rows a loader cannot use (no answer, no tests) are dropped and counted in the lo
 
 The column layouts are those of the datasets' Hub pages (2026-11). A local folder (``save_to_disk``) or a
 ``.json`` / ``.jsonl`` / ``.parquet`` file works too: with a loader name, or with the columns ``prompt`` and
-``solution`` / ``tests`` already there (the output of ``python -m archer.data.filtering``), as prepared data.
+``solution`` / ``tests`` already there, as prepared data. The output folder of ``archer filter`` (it holds
+``filter.json``) is always read as prepared data, whatever ``data.loader`` and ``data.data_files`` say: the loader
+was applied when it was filtered, so a paper recipe trains on it with only ``data.dataset`` changed.
 
 Datasets made for verl (``prompt`` chat + ``reward_model.ground_truth``, e.g. the authors' code set
 ``wizardII/ArcherCodeR-Dataset``) keep their own prompts: ``data.loader: verl`` (:mod:`archer.data.verl`), also
@@ -334,10 +336,19 @@ def read_dataset(
 
 def load_training_dataset(data: Any) -> datasets.Dataset:
     """The training set a recipe's ``data`` block (:class:`archer.recipe.DataArgs`) names, ready for the trainer."""
-    raw = read_dataset(data.dataset, data.split, data.config, data.data_files, data.revision)
-    loader = data.loader or guess_loader(data.dataset)
+    from archer.data.filter_marker import read_marker
+
+    data_files, loader = data.data_files, data.loader or guess_loader(data.dataset)
+    if (marker := read_marker(data.dataset)) is not None:  # archer filter's output: converted when it was filtered
+        if loader not in (None, PREPARED) or data_files:
+            logger.info(
+                "%s: an archer filter output (filtered against %s): read as prepared data, not through data.loader "
+                "%s / data.data_files %s", data.dataset, marker["model"], loader, data_files,
+            )  # fmt: skip
+        data_files, loader = None, PREPARED
+    raw = read_dataset(data.dataset, data.split, data.config, data_files, data.revision)
     columns = set(raw.column_names)
-    source = f"{data.dataset}/{data.data_files}" if data.data_files else data.dataset
+    source = f"{data.dataset}/{data_files}" if data_files else data.dataset
     if loader is None and is_verl(raw.column_names) and not columns & {"solution", "tests"}:
         loader = VERL  # a dataset made for verl, with no loader of its own
     if loader == VERL:

@@ -11,6 +11,11 @@ worker processes (spawned, not forked: CUDA must not be initialised before each 
 turn (problem i to engine i mod N) and put back in order; each carries its own seed, so the samples are the same
 for any N. The engines live for the whole suite and stop with ``close()``. This module does not import vLLM:
 ``vllm_engine`` does, inside each engine's process.
+
+``imap`` runs whole jobs instead (the pass-rate filter's shards): each job goes to the first engine that is free and
+its completions come back as soon as it is done, so no engine waits for another's longest answer. On Linux an
+engine process is killed when the process that started it dies (``PR_SET_PDEATHSIG``): a SIGKILL of ``archer``
+leaves no engine holding its GPUs.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -71,8 +79,26 @@ def _run(engine: Any, job: tuple[list[list[int]], Sampling, list[int]], use_tqdm
     return [g.texts for g in generations]
 
 
-def _engine_worker(conn: Connection, devices: list[str], engine_args: dict[str, Any], show_progress: bool) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); if the parent
+    is already gone, exit now. Elsewhere nothing (a killed parent's engines finish their job and exit on the closed
+    pipe)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _engine_worker(
+    conn: Connection, devices: list[str], engine_args: dict[str, Any], show_progress: bool, parent: int
+) -> None:
     """One data-parallel engine: build it on ``devices``, then answer generate jobs until told to stop (None)."""
+    _die_with_parent(parent)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before vLLM (and CUDA) start in this process
     try:
         from archer.evaluation.backends import vllm_engine
@@ -99,7 +125,9 @@ class _EngineProcess:
         self.conn, child = context.Pipe()
         # not a daemon: vLLM starts processes of its own, which daemons may not
         self.process = context.Process(
-            target=_engine_worker, args=(child, devices, engine_args, show_progress), name=f"vllm-gpus-{devices}"
+            target=_engine_worker,
+            args=(child, devices, engine_args, show_progress, os.getpid()),
+            name=f"vllm-gpus-{devices}",
         )
         self.process.start()
         child.close()
@@ -147,10 +175,11 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model: str, options: BackendOptions):
+    def __init__(self, model: str, options: BackendOptions, show_progress: bool = True):
         from transformers import AutoTokenizer
 
         self.options = options
+        self.show_progress = show_progress  # vLLM's own bar (one engine's, with several)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         args = _engine_args(model, options)
         self._engine = None
@@ -161,7 +190,9 @@ class VLLMBackend:
         groups = gpu_groups(options.tensor_parallel_size, options.data_parallel_size, visible_gpus())
         logger.info("starting %d vLLM engines on GPUs %s", len(groups), groups)
         try:
-            self._workers = [_EngineProcess(group, args, show_progress=i == 0) for i, group in enumerate(groups)]
+            self._workers = [
+                _EngineProcess(group, args, show_progress=show_progress and i == 0) for i, group in enumerate(groups)
+            ]
             for worker in self._workers:
                 worker.receive()
         except BaseException:
@@ -181,7 +212,7 @@ class VLLMBackend:
         seeds = problem_seeds(self.options.seed, len(prompts), sampling.k)
         logger.info("%s: %d problems x %d samples on vLLM", desc, len(prompts), sampling.k)
         if self._engine is not None:
-            return _run(self._engine, (list(prompts), sampling, seeds), use_tqdm=True)
+            return _run(self._engine, (list(prompts), sampling, seeds), use_tqdm=self.show_progress)
         n = len(self._workers)
         for rank, worker in enumerate(self._workers):
             worker.conn.send((list(prompts[rank::n]), sampling, seeds[rank::n]))
@@ -190,6 +221,36 @@ class VLLMBackend:
         for rank, shard in enumerate(shards):
             out[rank::n] = shard
         return out
+
+    def imap(
+        self, jobs: Iterable[tuple[list[list[int]], list[int]]], sampling: Sampling
+    ) -> Iterator[tuple[int, list[list[str]]]]:
+        """Run each job (token-id prompts and their per-problem seeds) whole on one engine: the next job goes to the
+        first engine that is free. Yields ``(position of the job in jobs, its k completions per prompt)`` as each job
+        finishes, so not in order with several engines; the samples depend only on the seeds, not on which engine
+        ran them. Stopping early leaves the engines busy with their jobs: ``close()`` the backend then."""
+        numbered = enumerate(jobs)
+        if self._engine is not None:
+            for index, (prompts, seeds) in numbered:
+                yield index, _run(self._engine, (prompts, sampling, seeds), use_tqdm=self.show_progress)
+            return
+        busy: dict[Any, tuple[_EngineProcess, int]] = {}
+
+        def feed(worker: _EngineProcess) -> None:
+            job = next(numbered, None)
+            if job is not None:
+                index, (prompts, seeds) = job
+                worker.conn.send((prompts, sampling, seeds))
+                busy[worker.conn] = (worker, index)
+
+        for worker in self._workers:
+            feed(worker)
+        while busy:
+            for conn in multiprocessing.connection.wait(list(busy)):
+                worker, index = busy.pop(conn)
+                out = worker.receive()
+                feed(worker)
+                yield index, out
 
     def close(self) -> None:
         for worker in self._workers:

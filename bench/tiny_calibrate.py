@@ -45,12 +45,37 @@ STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
 
 # name -> overrides of recipes/tiny/archer.yaml
 CONFIGS: dict[str, list[str]] = {
-    # the recipe as shipped: 3 operands in 0..20, 30 % of SFT completions answer-only, SFT cosine over 3500 steps
-    # stopped once validation greedy accuracy reaches 85 %
     "base": [],
-    "aof0.5": ["sft.answer_only_frac=0.5"],  # half the SFT completions answer-only (the previous recipe)
-    "stop80": ["sft.target_accuracy=0.8"],
-    "fixed2500": ["sft.steps=2500", "sft.target_accuracy=null"],  # a fixed 2500-step cosine, no early stop
+    "op12": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000"],
+    "op12t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.target_accuracy=0.9"],
+    "op15": ["data.task={min_terms: 3, max_operand: 15}", "sft.steps=2000"],
+    "op10": ["data.task={min_terms: 3, max_operand: 10}", "sft.steps=2000"],
+    "b32a40t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                  "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9"],
+    "b32a35t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                  "sft.answer_only_frac=0.35", "sft.target_accuracy=0.9"],
+    "b32a40t85c2000": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.batch_size=32",
+                       "sft.answer_only_frac=0.4", "sft.target_accuracy=0.85"],
+    "b32a40t90c2000": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.batch_size=32",
+                       "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9"],
+    "b32a40t90rl5e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=5e-5"],
+    "b32a40t90rl2e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=2e-5"],
+    "b32a40t95rl5e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95", "trainer.learning_rate=5e-5"],
+    "b32a40t95rl3e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95", "trainer.learning_rate=3e-5"],
+    "b32a40t90rl3e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=3e-5"],
+    "b32a40t95rl3e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95",
+                            "trainer.learning_rate=3e-5", "trainer.max_steps=150"],
+    "b32a40t95rl2e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95",
+                            "trainer.learning_rate=2e-5", "trainer.max_steps=150"],
+    "b32a40t90rl2e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9",
+                            "trainer.learning_rate=2e-5", "trainer.max_steps=150"],
+    "b32a40fixed2250": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2250", "sft.batch_size=32",
+                        "sft.answer_only_frac=0.4", "sft.target_accuracy=null"],
 }
 
 

@@ -111,7 +111,8 @@ def test_model_shape_dtype_and_seed(tokenizer):
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
     assert 100_000 < model.num_parameters() < 160_000
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 2, 1)
+    assert cfg.hidden_size // cfg.num_attention_heads == 32  # head_dim 32: vLLM's CPU attention serves none smaller
     assert cfg.vocab_size == len(tokenizer) and cfg.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     same, other = build_model(tokenizer, seed=3), build_model(tokenizer, seed=4)
@@ -120,7 +121,7 @@ def test_model_shape_dtype_and_seed(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"hidden_size": 30}, {"num_kv_heads": 3}, {"num_layers": 0}, {"max_position_embeddings": 8}]
+    "kwargs", [{"hidden_size": 31}, {"num_kv_heads": 3}, {"num_layers": 0}, {"max_position_embeddings": 8}]
 )
 def test_model_config_validation(kwargs):
     with pytest.raises(UserError):

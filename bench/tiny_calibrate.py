@@ -43,39 +43,17 @@ PROBE_EVERY, PROBE_FROM = 500, 1500
 SAMPLES = 4
 STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
 
-# name -> overrides of recipes/tiny/archer.yaml
+# name -> overrides of recipes/tiny/archer.yaml (the recipe: operands 0..12; SFT batch 32, 40 % answer-only, stop at
+# 90 % validation; RL lr 2e-5 for 150 rollouts)
 CONFIGS: dict[str, list[str]] = {
-    "base": [],
-    "op12": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000"],
-    "op12t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.target_accuracy=0.9"],
-    "op15": ["data.task={min_terms: 3, max_operand: 15}", "sft.steps=2000"],
-    "op10": ["data.task={min_terms: 3, max_operand: 10}", "sft.steps=2000"],
-    "b32a40t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                  "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9"],
-    "b32a35t90": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                  "sft.answer_only_frac=0.35", "sft.target_accuracy=0.9"],
-    "b32a40t85c2000": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.batch_size=32",
-                       "sft.answer_only_frac=0.4", "sft.target_accuracy=0.85"],
-    "b32a40t90c2000": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2000", "sft.batch_size=32",
-                       "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9"],
-    "b32a40t90rl5e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=5e-5"],
-    "b32a40t90rl2e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=2e-5"],
-    "b32a40t95rl5e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95", "trainer.learning_rate=5e-5"],
-    "b32a40t95rl3e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95", "trainer.learning_rate=3e-5"],
-    "b32a40t90rl3e-5": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9", "trainer.learning_rate=3e-5"],
-    "b32a40t95rl3e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95",
-                            "trainer.learning_rate=3e-5", "trainer.max_steps=150"],
-    "b32a40t95rl2e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.95",
-                            "trainer.learning_rate=2e-5", "trainer.max_steps=150"],
-    "b32a40t90rl2e-5r150": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2500", "sft.batch_size=32", "sft.answer_only_frac=0.4", "sft.target_accuracy=0.9",
-                            "trainer.learning_rate=2e-5", "trainer.max_steps=150"],
-    "b32a40fixed2250": ["data.task={min_terms: 3, max_operand: 12}", "sft.steps=2250", "sft.batch_size=32",
-                        "sft.answer_only_frac=0.4", "sft.target_accuracy=null"],
+    "recipe": [],
+    "r100": ["trainer.max_steps=100"],
+    "lr3e-5_r100": ["trainer.learning_rate=3e-5", "trainer.max_steps=100"],
+    "lr5e-5_r100": ["trainer.learning_rate=5e-5", "trainer.max_steps=100"],
+    "sft95": ["sft.target_accuracy=0.95"],
+    "sft95_lr3e-5": ["sft.target_accuracy=0.95", "trainer.learning_rate=3e-5"],
+    "sft95_lr3e-5_r100": ["sft.target_accuracy=0.95", "trainer.learning_rate=3e-5", "trainer.max_steps=100"],
+    "sft95_lr5e-5_r100": ["sft.target_accuracy=0.95", "trainer.learning_rate=5e-5", "trainer.max_steps=100"],
 }
 
 

@@ -43,14 +43,17 @@ PROBE_EVERY, PROBE_FROM = 500, 1500
 SAMPLES = 4
 STEP = re.compile(r"^(-?\d+)([-+*])(-?\d+)=(-?\d+)\.$")
 
-# name -> overrides of recipes/tiny/archer.yaml
+# name -> overrides of recipes/tiny/archer.yaml (the recipe: operands 0..12; SFT batch 32, 40 % answer-only, stop at
+# 90 % validation; RL lr 2e-5 for 150 rollouts)
 CONFIGS: dict[str, list[str]] = {
-    # the recipe as shipped: 3 operands in 0..20, 30 % of SFT completions answer-only, SFT cosine over 3500 steps
-    # stopped once validation greedy accuracy reaches 85 %
-    "base": [],
-    "aof0.5": ["sft.answer_only_frac=0.5"],  # half the SFT completions answer-only (the previous recipe)
-    "stop80": ["sft.target_accuracy=0.8"],
-    "fixed2500": ["sft.steps=2500", "sft.target_accuracy=null"],  # a fixed 2500-step cosine, no early stop
+    "recipe": [],
+    "r100": ["trainer.max_steps=100"],
+    "lr3e-5_r100": ["trainer.learning_rate=3e-5", "trainer.max_steps=100"],
+    "lr5e-5_r100": ["trainer.learning_rate=5e-5", "trainer.max_steps=100"],
+    "sft95": ["sft.target_accuracy=0.95"],
+    "sft95_lr3e-5": ["sft.target_accuracy=0.95", "trainer.learning_rate=3e-5"],
+    "sft95_lr3e-5_r100": ["sft.target_accuracy=0.95", "trainer.learning_rate=3e-5", "trainer.max_steps=100"],
+    "sft95_lr5e-5_r100": ["sft.target_accuracy=0.95", "trainer.learning_rate=5e-5", "trainer.max_steps=100"],
 }
 
 

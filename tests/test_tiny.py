@@ -111,7 +111,8 @@ def test_model_shape_dtype_and_seed(tokenizer):
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
     assert 100_000 < model.num_parameters() < 160_000
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 2, 1)
+    assert cfg.hidden_size // cfg.num_attention_heads == 32  # head_dim 32: vLLM's CPU attention serves none smaller
     assert cfg.vocab_size == len(tokenizer) and cfg.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     same, other = build_model(tokenizer, seed=3), build_model(tokenizer, seed=4)
@@ -120,7 +121,7 @@ def test_model_shape_dtype_and_seed(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"hidden_size": 30}, {"num_kv_heads": 3}, {"num_layers": 0}, {"max_position_embeddings": 8}]
+    "kwargs", [{"hidden_size": 31}, {"num_kv_heads": 3}, {"num_layers": 0}, {"max_position_embeddings": 8}]
 )
 def test_model_config_validation(kwargs):
     with pytest.raises(UserError):
@@ -263,11 +264,13 @@ def test_prepare_tiny_model_saves_a_loadable_folder(tmp_path, task):
 
 
 @pytest.mark.slow
-def test_short_sft_learns_the_task(tokenizer, task):
-    # Accuracy rises sharply with steps (500 held-out, seed 0: 1200 steps 15 %, 2000 steps 72 %, 2500 steps 68 %).
+def test_short_sft_learns_the_task(tokenizer):
+    # The embedded default's task and SFT batch, cut short: validation accuracy rises sharply with steps (seed 0,
+    # cosine over 2000 steps: 22 % at 500, 42 % at 700, 69 % at 1000; this cosine over 1200: 35 %, ~26 s).
+    task = ArithmeticTask(min_terms=3, max_operand=12)
     model = build_model(tokenizer, seed=0)
     before = heldout_accuracy(model, tokenizer, task, n=200)
-    run_sft(model, tokenizer, task, SFTConfig(steps=1500, batch_size=64, warmup_steps=20, log_every=500))
+    run_sft(model, tokenizer, task, SFTConfig(steps=1200, batch_size=32, warmup_steps=20, log_every=400))
     after = evaluate_heldout(model, tokenizer, task, n=200)
     assert before < 0.05
     assert after.accuracy > before + 0.10, (before, after.accuracy)

@@ -15,12 +15,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the tiny model. On 2 CPU cores many small steps of a small model beat fewer of a bigger one."""
+    """Shape of the tiny model. On 2 CPU cores many small steps of a small model beat fewer of a bigger one.
+
+    The default head layout (2 query heads and 1 key/value head of 32) keeps head_dim at 32: vLLM's CPU attention
+    serves no smaller head (GPU vLLM does), so the default model also loads in `make eval`'s vLLM backend.
+    """
 
     hidden_size: int = field(default=64, metadata={"help": "Width of the residual stream."})
     num_layers: int = field(default=2, metadata={"help": "Number of decoder layers."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads (hidden_size must divide by it)."})
-    num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads (grouped-query attention)."})
+    num_heads: int = field(
+        default=2, metadata={"help": "Attention heads (hidden_size must divide by it); head_dim = hidden / heads."}
+    )
+    num_kv_heads: int = field(default=1, metadata={"help": "Key/value heads (grouped-query attention)."})
     intermediate_size: int = field(default=256, metadata={"help": "Width of the SwiGLU MLP."})
     max_position_embeddings: int = field(default=128, metadata={"help": "Longest prompt + completion, in tokens."})
     rope_theta: float = field(default=10_000.0, metadata={"help": "RoPE base frequency."})

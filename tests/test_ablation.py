@@ -128,6 +128,12 @@ def test_summary_tables_and_paired_differences(tmp_path):
     avg8, greedy = text.split("Held-out avg@8 (T 0.8) (%) per seed")[1].split("Held-out greedy (%) per seed")
     assert "| 1 | 60.0 → 90.0 (+30.0) | 60.0 → 80.0 (+20.0) |" in avg8
     assert "| 1 | 50.0 → 90.0 (+40.0) | 50.0 → 80.0 (+30.0) |" in greedy.split("Paired")[0]
+    # "after SFT" is the recorded value, the same for runs sharing a warm start (after - gain can round apart)
+    shared = plan_ablation(smoke_variants("archer", "dapo"), seeds=3, out=tmp_path / "shared")
+    for run in shared.runs:
+        fake_run(run.out_dir, 0.5815, afters[run.name][run.seed], (0.5, 0.6), reward=0.5)
+    per_seed = render_markdown(summarize(shared, "x")).split("Held-out avg@8 (T 0.8) (%) per seed")[1]
+    assert set(re.findall(r"\| ([\d.]+) → ", per_seed.split("Held-out")[0])) == {f"{100 * 0.5815:.1f}"}
     # the summary survives a JSON round trip (seeds become strings) and renders the same
     again = json.loads(json.dumps(summary, default=str))
     assert render_markdown(again) == text

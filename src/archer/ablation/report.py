@@ -34,6 +34,7 @@ METRICS = (
     Metric("greedy_after", "held-out greedy after RL (%)", "results", "heldout_accuracy_after"),
     Metric("greedy_gain", "held-out greedy gain (points)", "gain", "heldout_accuracy"),
     Metric("avg8_before", "held-out avg@8 after SFT (%)", "results", "heldout_sampled_accuracy_before"),
+    Metric("greedy_before", "held-out greedy after SFT (%)", "results", "heldout_accuracy_before"),
     Metric("worked_after", "greedy answers showing working (%)", "results", "heldout_worked_frac_after"),
     Metric("reward", "reward, last 10 % of rollouts", "tail", "reward", percent=False),
     Metric("entropy", "token entropy, last 10 % of rollouts", "tail", "entropy/mean", percent=False),
@@ -141,8 +142,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 cells.append(
                     "–"
                     if v is None
-                    else f"{v[prefix + '_after'] - v[prefix + '_gain']:.1f} → {v[prefix + '_after']:.1f} "
-                    f"({v[prefix + '_gain']:+.1f})"
+                    else f"{v[prefix + '_before']:.1f} → {v[prefix + '_after']:.1f} ({v[prefix + '_gain']:+.1f})"
                 )
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     if summary["paired"]:

@@ -64,8 +64,8 @@ def r1_like_tokenizer(task=None):
 
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory):
-    """A run folder that vLLM's CPU build serves: the tiny Qwen2 with heads of 32 (vLLM's CPU attention needs >= 32;
-    hidden 64, 2 heads, 1 KV head), the R1-like BOS tokenizer, and 300 SFT steps on ``VLLM_TASK`` (about 30 s on
+    """A run folder that vLLM's CPU build serves: the embedded default's model shape (hidden 64, 2 heads of 32, 1 KV
+    head; vLLM's CPU attention needs heads of at least 32), the R1-like BOS tokenizer, and 300 SFT steps on ``VLLM_TASK`` (about 30 s on
     one core), after which sampling at T 0.8 solves about a fifth of the held-out problems, most of them sometimes:
     sampled metrics are far from 0 and 1. ``config.yaml`` names the task, so `archer eval`'s arithmetic task
     rebuilds its 64 held-out problems. Built once per test session."""
@@ -75,7 +75,7 @@ def vllm_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vllm-model")
     task = ArithmeticTask(**VLLM_TASK)
     tokenizer = r1_like_tokenizer(task)
-    model = tiny.build_model(tokenizer, tiny.TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1), seed=0)
+    model = tiny.build_model(tokenizer, tiny.TinyModelConfig(), seed=0)
     tiny.run_sft(model, tokenizer, task, tiny.SFTConfig(steps=300, warmup_steps=0, log_every=1000))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

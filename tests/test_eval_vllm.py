@@ -261,6 +261,15 @@ def test_gpu_only_layouts_are_refused_on_cpu(vllm_model_dir, monkeypatch):
         VLLMBackend(str(vllm_model_dir), BackendOptions(tensor_parallel_size=2, data_parallel_size=3))
 
 
+def test_the_cpu_head_sizes_are_the_installed_vllms():
+    """The head sizes the recipe check and the engine pre-check refuse are the installed CPU kernels' own."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from archer.evaluation.backends.base import VLLM_CPU_HEAD_SIZES
+
+    assert tuple(CPUAttentionBackend.get_supported_head_sizes()) == VLLM_CPU_HEAD_SIZES
+
+
 def test_cpu_engine_arguments(vllm_model_dir):
     """On CPU: eager, a KV cache sized for the model (not a share of the RAM), float32 kept; an explicit
     --gpu-memory-utilization is passed through (there a fraction of the RAM)."""

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from archer.data.arithmetic import ArithmeticTask
 from archer.errors import UserError
+from archer.evaluation.backends.base import VLLM_CPU_HEAD_SIZES
 from archer.tiny import (
     SFTConfig,
     TinyModelConfig,
@@ -112,7 +113,7 @@ def test_model_shape_dtype_and_seed(tokenizer):
     assert 100_000 < model.num_parameters() < 160_000
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 2, 1)
-    assert cfg.hidden_size // cfg.num_attention_heads == 32  # head_dim 32: vLLM's CPU attention serves none smaller
+    assert cfg.hidden_size // cfg.num_attention_heads in VLLM_CPU_HEAD_SIZES  # the embedded default runs on vLLM
     assert cfg.vocab_size == len(tokenizer) and cfg.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     same, other = build_model(tokenizer, seed=3), build_model(tokenizer, seed=4)

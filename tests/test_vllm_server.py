@@ -51,9 +51,7 @@ def server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny32")
     tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1), seed=0).save_pretrained(
-        folder
-    )
+    build_model(tokenizer, TinyModelConfig(), seed=0).save_pretrained(folder)  # the embedded default's shape
     tokenizer.save_pretrained(folder)
     port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # noqa: SIM115 (closed below)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.errors import UserError, one_line
+from archer.evaluation.backends.base import VLLM_CPU_HEAD_SIZES
 from archer.files import looks_local, parse_yaml, read_model_config, read_yaml_file, short
 from archer.schema import FRACTION, NON_NEGATIVE, POSITIVE, Limit, at_least, build_dataclass
 
@@ -454,10 +455,6 @@ def check_trainer_build(recipe: Recipe) -> None:
 
 def _option(value: Any) -> Any:
     return getattr(value, "value", value)
-
-
-# vLLM's CPU attention kernels (vllm 0.30: v1/attention/backends/cpu_attn.py, get_supported_head_sizes)
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def check_vllm_rollouts(recipe: Recipe) -> None:

@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# The head sizes vLLM's CPU attention kernels serve (vLLM 0.30: CPUAttentionBackend.get_supported_head_sizes; a test
+# holds this to the installed vLLM); a model with another head size fails at its first step there.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
 PROMPT_FORMATS = ("tokens", "text")
 
 

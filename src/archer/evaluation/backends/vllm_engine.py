@@ -34,8 +34,8 @@ import torch
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
-# the CPU attention kernels' head sizes (vllm/v1/attention/backends/cpu_attn.py); others fail at the first step
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+from archer.evaluation.backends.base import VLLM_CPU_HEAD_SIZES
+
 CPU_MAX_SEQS = 256  # vLLM's max_num_seqs for LLM on CPU: the KV cache holds that many full contexts
 CPU_KV_CACHE_CAP = 2 << 30
 
@@ -81,10 +81,10 @@ def check_model(model: str) -> None:
     if on_gpu():
         return
     size = head_size(_model_config(model))
-    if size is not None and size not in CPU_HEAD_SIZES:
+    if size is not None and size not in VLLM_CPU_HEAD_SIZES:
         raise EngineError(
             f"head size {size} is not supported by vLLM's CPU attention (supported: "
-            f"{', '.join(map(str, CPU_HEAD_SIZES))})"
+            f"{', '.join(map(str, VLLM_CPU_HEAD_SIZES))})"
         )
 
 

@@ -15,6 +15,8 @@ import re
 import pytest
 from paths import ROOT
 
+from archer.objective import ObjectiveConfig
+
 README = ROOT / "README.md"
 HUB_MODEL_LINE = 'model = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # a Hub id or a local folder'
 
@@ -48,7 +50,8 @@ def test_the_readme_shows_the_python_api():
     blocks = python_blocks()
     assert len(blocks) >= 4  # the trainer, the objective, the rewards, evaluate
     block = trainer_block()
-    assert "from archer import ArcherConfig, ArcherTrainer" in block and "trainer.train()" in block
+    assert "from archer import ArcherConfig, ArcherTrainer, ObjectiveConfig" in block and "trainer.train()" in block
+    assert "objective=ObjectiveConfig(" in block  # the objective as an object, as TRL users configure a trainer
     assert "from archer.rewards import" in block  # a reward function of the package, not one written inline
     code = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert len(code) <= 20, f"the trainer example has {len(code)} lines of code: keep it about a dozen"
@@ -61,8 +64,10 @@ def test_trainer_example_trains(tiny_model_dir, workdir):
     trainer, args = namespace["trainer"], namespace["args"]
     assert trainer.state.global_step == args.max_steps == 2  # every rollout ran
     assert (workdir / args.output_dir / f"checkpoint-{args.max_steps}" / "model.safetensors").is_file()
-    assert "ObjectiveConfig(entropy_quantile=0.8" in printed
-    assert trainer.objective_config.reasoning_bounds == (0.5, 1.5)  # the archer preset, as the comment says
+    assert printed.splitlines()[-1] == "archer {}"  # as the comment says
+    assert trainer.objective_config == ObjectiveConfig.preset(
+        "archer", max_completion_length=args.max_completion_length
+    )
 
 
 @pytest.mark.parametrize("index", range(len(OTHER_BLOCKS)))

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 from trl import GRPOConfig
 
 from archer.errors import UserError
-from archer.objective import compute_objective
+from archer.objective import ObjectiveConfig, compute_objective
 from archer.recipe import load_recipe
 from archer.training.callbacks import MetricsFileCallback
 from archer.training.config import OBJECTIVE_OWNS, ArcherConfig
@@ -368,6 +368,33 @@ def test_library_callers_get_the_same_refusal(tmp_path):
         ArcherConfig(output_dir=str(tmp_path), loss_type="grpo", num_generations=2, per_device_train_batch_size=2)
     beta = ArcherConfig(output_dir=str(tmp_path), beta=0.001, num_generations=2, per_device_train_batch_size=2)
     assert beta.beta == 0.001  # the value the objective derives anyway
+
+
+@pytest.mark.parametrize(
+    ("objective", "preset", "overrides"),
+    [
+        (ObjectiveConfig(), "archer", {}),
+        (ObjectiveConfig.preset("dapo"), "dapo", {}),
+        (
+            ObjectiveConfig(entropy_quantile=0.9, knowledge_kl=0.0),
+            "archer",
+            {"entropy_quantile": 0.9, "knowledge_kl": 0.0},
+        ),
+        (ObjectiveConfig.preset("grpo", dual_clip=3.0), "grpo", {"dual_clip": 3.0}),
+    ],
+)
+def test_an_objective_config_object_is_kept_as_a_preset_and_overrides(tmp_path, objective, preset, overrides):
+    args = ArcherConfig(
+        output_dir=str(tmp_path), objective=objective, num_generations=2, per_device_train_batch_size=2
+    )
+    assert (args.objective, args.objective_overrides) == (preset, overrides)  # what a recipe's objective block says
+    used = args.objective_config()
+    assert used == dataclasses.replace(objective, max_completion_length=args.max_completion_length)
+    assert args.beta == max(objective.knowledge_kl, objective.reasoning_kl)  # TRL loads the reference model iff needed
+    saved = json.loads(args.to_json_string())  # the arguments the Trainer saves stay plain JSON
+    assert (saved["objective"], saved["objective_overrides"]) == (preset, overrides)
+    with pytest.raises(ValueError, match="either an ObjectiveConfig"):
+        ArcherConfig(output_dir=str(tmp_path), objective=objective, objective_overrides={"dual_clip": 3.0})
 
 
 def run_cli(*args, cwd, env=None, timeout=600):

@@ -79,6 +79,19 @@ DEPRECATED_NAMES = {
 }
 
 
+def preset_and_overrides(objective: ObjectiveConfig) -> tuple[str, dict[str, Any]]:
+    """An ObjectiveConfig as the preset it differs least from and the fields that differ (a max_completion_length
+    of None is left to the trainer's): what a recipe's objective block would say."""
+    fields = dataclasses.asdict(objective)
+    if fields["max_completion_length"] is None:
+        del fields["max_completion_length"]
+    candidates = []
+    for name in ObjectiveConfig.PRESETS:
+        preset = dataclasses.asdict(ObjectiveConfig.preset(name))
+        candidates.append((name, {key: value for key, value in fields.items() if preset[key] != value}))
+    return min(candidates, key=lambda candidate: len(candidate[1]))  # ties: the first preset, archer
+
+
 @dataclass
 class ArcherConfig(GRPOConfig):
     """GRPOConfig plus the Archer objective and the paper's batch.
@@ -91,8 +104,12 @@ class ArcherConfig(GRPOConfig):
     step is a rollout, and ArcherTrainer accumulates), while ``to_dict()`` reports the derived accumulation.
     """
 
-    objective: str = field(
-        default="archer", metadata={"help": "Objective preset: archer | grpo | dapo | entropy_mask."}
+    objective: str | ObjectiveConfig = field(
+        default="archer",
+        metadata={
+            "help": "Objective preset (archer | grpo | dapo | entropy_mask), or an ObjectiveConfig (kept as the "
+            "nearest preset and the fields that differ from it, so the saved arguments stay plain JSON)."
+        },
     )
     objective_overrides: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "ObjectiveConfig fields overriding the preset's values."}
@@ -158,6 +175,10 @@ class ArcherConfig(GRPOConfig):
                 "push_checkpoints needs hub_model_id (the Hub repo, org/name, that receives the branches)"
             )
         self._check_vllm_engine()
+        if isinstance(self.objective, ObjectiveConfig):
+            if self.objective_overrides:
+                raise ValueError("objective_overrides: give either an ObjectiveConfig as objective, or overrides")
+            self.objective, self.objective_overrides = preset_and_overrides(self.objective)
         objective = self.objective_config()  # validates preset and overrides
         derived_beta = max(objective.knowledge_kl, objective.reasoning_kl)
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
@@ -221,6 +242,6 @@ class ArcherConfig(GRPOConfig):
         return values
 
     def objective_config(self) -> ObjectiveConfig:
-        return ObjectiveConfig.preset(
-            self.objective, max_completion_length=self.max_completion_length, **self.objective_overrides
-        )
+        assert isinstance(self.objective, str)  # __post_init__ turned an ObjectiveConfig into overrides
+        overrides = {"max_completion_length": self.max_completion_length, **self.objective_overrides}
+        return ObjectiveConfig.preset(self.objective, **overrides)

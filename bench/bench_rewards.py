@@ -2,8 +2,8 @@
 authors' training rules, with what one 16-GPU rollout needs), math verification speed.
 
 The sandbox rows compare a trivial run three ways, interleaved: the sandbox as it is (per-run cgroup, seccomp
-filter, pid handshake, reaping), the sandbox before issue 13 (``archer/sandbox/runner.py`` at BEFORE_COMMIT, loaded from
-git; skipped outside a git checkout), and a bare subprocess.
+filter, pid handshake, reaping), the sandbox before its hardening (``archer/sandbox/runner.py`` at BEFORE_COMMIT,
+loaded from git; skipped outside a git checkout), and a bare subprocess.
 
 Rows (see bench/run.py for the contract): ours and the reference are timed alternately in this process after a
 warm-up of both, and compared by their medians (time.perf_counter).
@@ -35,7 +35,8 @@ from archer.sandbox import limits as sandbox_limits  # noqa: E402
 from archer.sandbox import runner as sandbox  # noqa: E402
 
 logger = logging.getLogger("bench_rewards")
-BEFORE_COMMIT = "e40a2594e7e3fece7c0261682ffb49d3714051b4"  # main just before issue 13's sandbox hardening
+# main just before the sandbox hardening (cgroup, seccomp, reaping)
+BEFORE_COMMIT = "e40a2594e7e3fece7c0261682ffb49d3714051b4"
 
 
 def _medians(calls: list[Callable[[], object]], repeats: int) -> list[float]:
@@ -99,7 +100,7 @@ def _sandbox_overhead(repeats: int) -> list[dict]:
     if before_s:
         rows.append(
             {
-                "figure": f"the same run, sandbox now vs before issue 13 ({BEFORE_COMMIT[:7]}: rlimits only)",
+                "figure": f"the same run, sandbox now vs before its hardening ({BEFORE_COMMIT[:7]}: rlimits only)",
                 "ours": f"{after_s * 1e3:.1f} ms",
                 "reference": f"{before_s[0] * 1e3:.1f} ms (bare {bare_s * 1e3:.1f} ms)",
                 "ratio": after_s / before_s[0],

@@ -112,24 +112,33 @@ def _sandbox_overhead(repeats: int) -> list[dict]:
     return rows
 
 
+def _all_cores_vs_one(grade: Callable[[], object], cores: int, repeats: int) -> tuple[float, float]:
+    """Seconds per ``grade()`` with the code reward's pool at ``cores`` workers and at one, interleaved."""
+    pools = {n: ThreadPoolExecutor(n, thread_name_prefix=f"bench-{n}") for n in (cores, 1)}
+
+    def grade_with(workers: int) -> None:
+        code_rewards._EXECUTOR = pools[workers]
+        grade()
+
+    saved = code_rewards._EXECUTOR
+    try:
+        return _interleaved(lambda: grade_with(cores), lambda: grade_with(1), repeats)
+    finally:
+        code_rewards._EXECUTOR = saved
+        for pool in pools.values():
+            pool.shutdown()
+
+
 def _grading_throughput(num_tests: int, repeats: int) -> dict:
     """tests/s grading one problem whose tests all pass (no early stop), all cores vs one."""
     tests = [{"input": f"{i} {i + 1}\n", "output": f"{2 * i + 1}\n", "testtype": "stdin"} for i in range(num_tests)]
     code = "a, b = map(int, input().split())\nprint(a + b)\n"
     cores = code_rewards.grading_workers()
-    pools = {n: ThreadPoolExecutor(n, thread_name_prefix=f"bench-{n}") for n in (cores, 1)}
 
-    def grade_with(workers: int) -> None:
-        code_rewards._EXECUTOR = pools[workers]
+    def grade() -> None:
         assert code_rewards.grade_code(code, tests).passed
 
-    saved = code_rewards._EXECUTOR
-    try:
-        ours, reference = _interleaved(lambda: grade_with(cores), lambda: grade_with(1), repeats)
-    finally:
-        code_rewards._EXECUTOR = saved
-        for pool in pools.values():
-            pool.shutdown()
+    ours, reference = _all_cores_vs_one(grade, cores, repeats)
     return {
         "figure": f"code grading throughput, {num_tests} sandboxed stdin tests: {cores} workers vs 1",
         "ours": f"{num_tests / ours:.1f} tests/s",
@@ -171,20 +180,12 @@ def _authors_grading(num_completions: int, repeats: int) -> list[dict]:
     completions, tests = _authors_mix(num_completions)
     rules = dict(max_tests=16, timeout_s=30.0, script_timeout_s=60.0, memory_mb=1024, compare="whole")
     cores = code_rewards.grading_workers()
-    pools = {n: ThreadPoolExecutor(n, thread_name_prefix=f"bench-authors-{n}") for n in (cores, 1)}
     rewards: list = []
 
-    def grade_with(workers: int) -> None:
-        code_rewards._EXECUTOR = pools[workers]
+    def grade() -> None:
         rewards[:] = code_rewards.code_reward(completions, tests=tests, seed=0, **rules)
 
-    saved = code_rewards._EXECUTOR
-    try:
-        ours, reference = _interleaved(lambda: grade_with(cores), lambda: grade_with(1), repeats)
-    finally:
-        code_rewards._EXECUTOR = saved
-        for pool in pools.values():
-            pool.shutdown()
+    ours, reference = _all_cores_vs_one(grade, cores, repeats)
     assert rewards == [1.0 if i % 4 == 0 else 0.0 for i in range(num_completions)], rewards
     core_s = reference / num_completions  # worker-seconds per completion (one worker: no overlap)
     rollout_core_s = ROLLOUT * core_s
